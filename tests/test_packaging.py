@@ -14,7 +14,7 @@ def test_pip_install_gives_a_working_command(tmp_path):
     out = subprocess.run([sys.executable, str(target / 'bin' / 'fgkv'), '--help'], capture_output=True, text=True,
                          env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    for command in ('synth', 'prepare', 'probe'): assert command in out.stdout
+    for command in ('synth', 'prepare', 'probe', 'pretrain', 'evaluate', 'embed'): assert command in out.stdout
     where = subprocess.run([sys.executable, '-c', 'import fgkv.video, fgkv.datasets; print(fgkv.__file__)'],
                            capture_output=True, text=True, env=env, cwd=tmp_path, check=True).stdout
     assert where.startswith(str(target)), where          # the installed copy, not the source tree
