@@ -15,17 +15,16 @@ from pathlib import Path
 
 from .config import Params, apply_overrides, from_dict, load_params, to_dict
 from .core import atomic_open, git_commit
-from .models import resolve_preset
-from .study import metrics_table
+from .study import flatten, metrics_table
+from .trainers import byol_settings
 
 # %% auto #0
 __all__ = ['PAPER_RESULTS', 'PROTOCOL_NAMES', 'TABLE4_ROWS', 'ABLATION_TABLES', 'PROTOCOL_KEYS', 'ANALYSIS_FIGURES',
            'PaperResult', 'paper_results', 'paper_value', 'ReportError', 'read_metrics', 'StudyMetrics',
-           'metrics_files', 'read_study_metrics', 'variant_params', 'model_settings', 'paper_backbone', 'fmt',
-           'Citations', 'md_table', 'memdpc_paper', 'labels_line', 'table4', 'retrieval_table', 'margins_table',
-           'AblationTable', 'row_key', 'default_row', 'ablation_table', 'ablation_tables', 'FigureSpec',
-           'study_figures', 'report_checklist', 'is_wall_clock', 'without_wall_clock', 'numbers_table',
-           'paper_results_table', 'write_report']
+           'metrics_files', 'read_study_metrics', 'variant_params', 'paper_backbone', 'fmt', 'Citations', 'md_table',
+           'memdpc_paper', 'labels_line', 'table4', 'retrieval_table', 'margins_table', 'AblationTable', 'row_key',
+           'default_row', 'ablation_table', 'ablation_tables', 'FigureSpec', 'study_figures', 'report_checklist',
+           'is_wall_clock', 'without_wall_clock', 'numbers_table', 'paper_results_table', 'write_report']
 
 # %% ../nbs/31_report.ipynb #77132a75
 @dataclass(frozen=True)
@@ -182,13 +181,6 @@ class ReportError(ValueError):
 
 _SCALAR = (int, float, str, bool, type(None))
 
-def _flatten(d:dict, prefix:str='') -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict): out.update(_flatten(v, f'{prefix}{k}/'))
-        else: out[f'{prefix}{k}'] = v
-    return out
-
 def read_metrics(path, nested:bool=False, # allow nested objects (flattened to 'a/b' keys) and lists
                 ) -> dict|None:
     "The metrics in JSON file `path`, or None if it does not exist; `ReportError` naming the file if it is malformed."
@@ -197,7 +189,7 @@ def read_metrics(path, nested:bool=False, # allow nested objects (flattened to '
     try: data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ReportError(f'{path}: not valid JSON ({e})') from None
     if not isinstance(data, dict): raise ReportError(f'{path}: must hold a JSON object of metrics, got {type(data).__name__}')
-    if nested: data = _flatten(data)
+    if nested: data = flatten(data)
     for k, v in data.items():
         ok = isinstance(v, _SCALAR) or (nested and isinstance(v, list) and all(isinstance(x, _SCALAR) for x in v))
         if not ok: raise ReportError(f"{path}: metric '{k}' must be a number, string, bool or null, got {type(v).__name__} {v!r}"[:300])
@@ -238,14 +230,9 @@ def variant_params(params:Params, variant:str) -> Params:
     if not overrides: return params
     return from_dict(Params, apply_overrides(to_dict(params), overrides, src=f'study.variants.{variant}'), f'study.variants.{variant}')
 
-def model_settings(params:Params) -> dict:
-    "The resolved settings of the BYOL-family model `params.model` describes."
-    m = params.model
-    return resolve_preset(m.preset, dataset=params.dataset.name, **{k: v for k, v in vars(m).items() if k not in ('kind', 'preset')})
-
 def paper_backbone(params:Params) -> str:
     "The paper's name of the backbone the main variant trains ('R3D-18', 'R(2+1)D' or 'Slow-R18')."
-    b = model_settings(variant_params(params, 'fgkv'))['backbone']
+    b = byol_settings(variant_params(params, 'fgkv'))['backbone']
     return 'R(2+1)D' if b.startswith('r2plus1d') else 'Slow-R18' if b.startswith('slow') else 'R3D-18'
 
 # %% ../nbs/31_report.ipynb #4e2b41b2
@@ -406,7 +393,7 @@ def _sort_key(key:str):
 def default_row(params:Params, table:str) -> str|None:
     "The row of `table` the main `fgkv` variant sits in (its resolved setting), or None for a table fgkv does not know."
     if table not in ABLATION_TABLES: return None
-    s = model_settings(variant_params(params, 'fgkv'))
+    s = byol_settings(variant_params(params, 'fgkv'))
     vals = tuple(s[k] for k in ABLATION_TABLES[table].settings)
     return row_key(vals if len(vals) > 1 else vals[0])
 
@@ -528,7 +515,7 @@ def write_report(params:Params|str|Path, # a `Params`, or the params file
     figs = study_figures(params)
     missing = m.missing + [str(reports/'figures'/f.file) for f in figs if not (reports/'figures'/f.file).exists()]
     commit = git_commit(repo)
-    e, mdl = params.evaluate, model_settings(variant_params(params, 'fgkv'))
+    e, mdl = params.evaluate, byol_settings(variant_params(params, 'fgkv'))
     parts = ['# FGKVMemPred / MemDPC study report',
              f'- **data (ours)**: {params.study.dataset_label} (`{params.dataset.name}` layout, split {params.dataset.split})\n'
              f'- **scale (ours)**: {params.study.scale_label}\n'

@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import Params
 
 # %% auto #0
-__all__ = ['run_overrides', 'set_options', 'launch', 'read_curves', 'final_values', 'curves_figure', 'metrics_table']
+__all__ = ['run_overrides', 'set_options', 'launch', 'read_curves', 'flatten', 'final_values', 'curves_figure', 'metrics_table']
 
 # %% ../nbs/32_study.ipynb #ab78ed83
 def run_overrides(params:Params, variant:str|None=None, ablation:str|None=None) -> list[str]:
@@ -59,13 +59,17 @@ def read_curves(run) -> dict[str, tuple[list[int], list[float]]]:
         curves[name] = ([int(r['step']) for r in rows], [float(r[tsv.stem]) for r in rows])
     return curves
 
+def flatten(d:dict, prefix:str='') -> dict:
+    "Nested metrics as one level with 'group/name' keys (how dvclive and the metrics files name them)."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update(flatten(v, f'{prefix}{k}/'))
+        else: out[f'{prefix}{k}'] = v
+    return out
+
 def final_values(run) -> dict[str, float]:
     "The last logged values of the run (flattened 'group/name' keys), without wall-clock figures."
-    def flat(d, prefix=''):
-        for k, v in d.items():
-            if isinstance(v, dict): yield from flat(v, f'{prefix}{k}/')
-            else: yield f'{prefix}{k}', v
-    return dict(flat(json.loads((Path(run)/'live/metrics.json').read_text())))
+    return flatten(json.loads((Path(run)/'live/metrics.json').read_text()))
 
 # %% ../nbs/32_study.ipynb #11d2eb90
 def curves_figure(runs:dict[str, dict], # label -> `read_curves(...)`

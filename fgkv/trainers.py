@@ -25,7 +25,7 @@ from .models import build_learner, build_memdpc, cosine_momentum, resolve_preset
 from .optim import build_optimizer, lr_at
 
 # %% auto #0
-__all__ = ['MEMDPC_WEIGHT_DECAY', 'CHECKPOINT_FORMAT', 'RESUME_FREE_KEYS', 'ModelSpec', 'build_pretrain_model',
+__all__ = ['MEMDPC_WEIGHT_DECAY', 'CHECKPOINT_FORMAT', 'RESUME_FREE_KEYS', 'ModelSpec', 'byol_settings', 'build_pretrain_model',
            'GlobalBatchSampler', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint', 'MemoryMonitor',
            'NonFiniteLossError', 'learning_rate', 'Pretrainer', 'pretrain']
 
@@ -41,6 +41,11 @@ class ModelSpec:
     settings: dict            # every resolved model setting
     weight_decay: float
 
+def byol_settings(params:Params) -> dict:
+    "Every resolved setting (weight decay included) of the BYOL-family model `params.model` describes: its preset, then the non-null keys."
+    m = params.model
+    return resolve_preset(m.preset, dataset=params.dataset.name, **{k: v for k, v in vars(m).items() if k not in ('kind', 'preset')})
+
 def build_pretrain_model(params:Params) -> tuple[nn.Module, ModelSpec]:
     "The learner described by `params.model` / `params.memdpc`, and its `ModelSpec`."
     m = params.model
@@ -51,8 +56,7 @@ def build_pretrain_model(params:Params) -> tuple[nn.Module, ModelSpec]:
         model, prefix = build_memdpc(**settings), 'backbone.'
         wd = MEMDPC_WEIGHT_DECAY if m.weight_decay is None else m.weight_decay
     else:
-        overrides = {k: v for k, v in vars(m).items() if k not in ('kind', 'preset')}
-        settings = resolve_preset(m.preset, dataset=params.dataset.name, **overrides)
+        settings = byol_settings(params)
         wd = settings.pop('weight_decay')
         model, prefix = build_learner(**settings), 'backbone.'
     kwargs = dict(width=settings['width']) | ({} if settings['layers'] is None else dict(layers=list(settings['layers'])))
