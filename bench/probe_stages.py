@@ -17,6 +17,7 @@ which says how much of the class is in the colours alone. The last stage's row i
 protocols use.
 """
 import argparse
+import functools
 
 import torch
 
@@ -27,8 +28,9 @@ from fgkv.metrics import retrieval_recall
 from fgkv.protocols import backbone_spec, protocol_settings
 
 
-def colour_histogram(clips, bins=4, mean=0.45, std=0.225):
-    "(N, 3, T, H, W) normalised clips -> (N, bins**3) square-rooted RGB histograms of their pixels."
+def colour_histogram(clips, mean, std, bins=4):
+    "(N, 3, T, H, W) clips normalised with per-channel `mean`, `std` -> (N, bins**3) square-rooted RGB histograms."
+    mean, std = (torch.tensor(v, dtype=clips.dtype).view(1, 3, 1, 1, 1) for v in (mean, std))
     q = ((clips*std + mean).clamp(0, 1 - 1e-6)*bins).long()
     idx = ((q[:, 0]*bins + q[:, 1])*bins + q[:, 2]).flatten(1)
     counts = torch.zeros(len(idx), bins**3).scatter_add_(1, idx, torch.ones(idx.shape))
@@ -51,6 +53,7 @@ def read_out(fn, splits, num_classes, settings):
     with torch.no_grad(): (xtr, ytr), (xte, yte) = (map_videos(fn, splits[s], device='cpu') for s in ('train', 'test'))
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu)/sd, (xte - mu)/sd
+    torch.manual_seed(0)                                   # the head's initial weights: same for every row
     head = linear_head(xtr.shape[1], num_classes)
     train_head_on_features(head, xtr, ytr, settings)
     head.eval()
@@ -72,8 +75,9 @@ def main():
     settings = protocol_settings(params, 'linear')
     print(f"{len(splits['train'])} train / {len(splits['test'])} test videos, {num_classes} classes "
           f"(chance {100/num_classes:.1f} %), {params.downstream.retrieval_clips} views per video")
+    pixels = functools.partial(colour_histogram, mean=params.augment.mean, std=params.augment.std)
     print(f"{'features':<40} {'stage':<8} {'linear':>7} {'R@1':>7}")
-    print(f"{'pixels: RGB histogram':<40} {'-':<8} {'%7.1f %7.1f' % read_out(colour_histogram, splits, num_classes, settings)}")
+    print(f"{'pixels: RGB histogram':<40} {'-':<8} {'%7.1f %7.1f' % read_out(pixels, splits, num_classes, settings)}")
     for source in args.checkpoints:
         backbone, _ = load_backbone(source, random_spec=backbone_spec(params), seed=params.evaluate.seed, verbose=False)
         backbone.eval()
