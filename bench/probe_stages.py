@@ -4,13 +4,13 @@
 
 CHECKPOINT is a pre-training checkpoint or `random` (the backbone of params.yaml, randomly initialised with
 evaluate.seed). For each, and for each stage of the backbone (stem, layer1 ... layer4), the stage's output is
-average-pooled over time and space and over the `downstream.retrieval_clips` un-augmented views of a video
+average-pooled over time and space (all stages from one forward pass) and over the `downstream.retrieval_clips` un-augmented views of a video
 (the retrieval transform), on the train and test manifests of the prepared dataset. Two read-outs per stage:
 
   linear   test top-1 (%) of the linear probe's head (`evaluate.linear` settings, as `fgkv evaluate` trains it
            on cached features) on features standardised with the train statistics, so stages of any scale
            read out alike
-  1-NN     R@1 (%): test videos searching the train videos by cosine similarity
+  R@1      (%) test videos searching the train videos by cosine similarity
 
 A pixel baseline comes first: a 4x4x4 RGB histogram of the same views (square-rooted), read out the same way,
 which says how much of the class is in the colours alone. The last stage's row is the feature the paper's
@@ -18,6 +18,7 @@ protocols use.
 """
 import argparse
 import functools
+from pathlib import Path
 
 import torch
 
@@ -37,20 +38,23 @@ def colour_histogram(clips, mean, std, bins=4):
     return (counts/idx.shape[1]).sqrt()
 
 
-def stage_features(backbone):
-    "One function per top-level stage: clips (N, 3, T, H, W) -> that stage's output pooled over T, H, W."
-    stages = [module for _, module in backbone.named_children()]
-    def upto(k):
-        def fn(clips):
-            for module in stages[:k + 1]: clips = module(clips)
-            return clips.mean(dim=(2, 3, 4))
-        return fn
-    return {name: upto(k) for k, (name, _) in enumerate(backbone.named_children())}
+def pooled_stages(backbone, clips):
+    "clips (N, 3, T, H, W) -> [(N, C_stage)]: every top-level stage's output pooled over T, H, W (one forward pass)."
+    pooled = []
+    for module in backbone.children():
+        clips = module(clips)
+        pooled.append(clips.mean(dim=(2, 3, 4)))
+    return pooled
 
 
-def read_out(fn, splits, num_classes, settings):
-    "(linear %, R@1 %) of the pooled features `fn` gives the train and test videos."
-    with torch.no_grad(): (xtr, ytr), (xte, yte) = (map_videos(fn, splits[s], device='cpu') for s in ('train', 'test'))
+def features(fn, splits):
+    "{split: (features (N, D), labels (N,))} of `fn` over every video's views."
+    with torch.no_grad(): return {s: map_videos(fn, ds, device='cpu') for s, ds in splits.items()}
+
+
+def read_out(train, test, num_classes, settings):
+    "(linear %, R@1 %) on `test` of a head fitted on `train`; both are (features, labels)."
+    (xtr, ytr), (xte, yte) = train, test
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu)/sd, (xte - mu)/sd
     torch.manual_seed(0)                                   # the head's initial weights: same for every row
@@ -71,19 +75,23 @@ def main():
     torch.set_num_threads(args.threads)
     params = load_params(args.params, args.set)
     splits = {s: build_dataset(params, 'retrieval', split=s) for s in ('train', 'test')}
-    num_classes = max(r.label for r in splits['train'].records) + 1
+    num_classes = len((Path(params.dataset.prepared)/'classes.txt').read_text().splitlines())
     settings = protocol_settings(params, 'linear')
     print(f"{len(splits['train'])} train / {len(splits['test'])} test videos, {num_classes} classes "
           f"(chance {100/num_classes:.1f} %), {params.downstream.retrieval_clips} views per video")
-    pixels = functools.partial(colour_histogram, mean=params.augment.mean, std=params.augment.std)
     print(f"{'features':<40} {'stage':<8} {'linear':>7} {'R@1':>7}")
-    print(f"{'pixels: RGB histogram':<40} {'-':<8} {'%7.1f %7.1f' % read_out(pixels, splits, num_classes, settings)}")
+    pixels = features(functools.partial(colour_histogram, mean=params.augment.mean, std=params.augment.std), splits)
+    print(f"{'pixels: RGB histogram':<40} {'-':<8} {'%7.1f %7.1f' % read_out(pixels['train'], pixels['test'], num_classes, settings)}")
     for source in args.checkpoints:
         backbone, _ = load_backbone(source, random_spec=backbone_spec(params), seed=params.evaluate.seed, verbose=False)
         backbone.eval()
-        for stage, fn in stage_features(backbone).items():
-            print(f"{str(source)[-40:]:<40} {stage:<8} {'%7.1f %7.1f' % read_out(fn, splits, num_classes, settings)}", flush=True)
-
+        data = features(lambda clips: torch.cat(pooled_stages(backbone, clips), dim=1), splits)
+        with torch.no_grad(): widths = [t.shape[1] for t in pooled_stages(backbone, splits['train'][0]['clips'][:1])]
+        start = 0
+        for (stage, _), width in zip(backbone.named_children(), widths):
+            part = {s: (x[:, start:start + width], y) for s, (x, y) in data.items()}
+            start += width
+            print(f"{str(source)[-40:]:<40} {stage:<8} {'%7.1f %7.1f' % read_out(part['train'], part['test'], num_classes, settings)}", flush=True)
 
 if __name__ == '__main__':
     main()
