@@ -11,25 +11,39 @@ import sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['main']
+__all__ = ['OFFICIAL_SPLITS', 'main']
 
 # %% ../nbs/90_cli.ipynb #70af7fac
-def _params_section(args, section:str):
-    "The `section` of `--params` (validated), or None without `--params`."
-    if getattr(args, 'params', None) is None: return None
-    from fgkv.config import load_params
-    return getattr(load_params(args.params, args.set or []), section)
+def _config(args, auto:bool=False # also read ./params.yaml when no --params is given
+           ):
+    "The run configuration: `--params` (or ./params.yaml with `auto`) or the built-in defaults, with `--set` applied."
+    from fgkv.config import Params, apply_overrides, from_dict, load_params, to_dict
+    path = getattr(args, 'params', None)
+    if path is None and auto and Path('params.yaml').is_file(): path = Path('params.yaml')
+    if path is not None: return load_params(path, args.set or [])
+    if auto: print('fgkv: no --params and no ./params.yaml: using the built-in defaults (fgkv.config.Params())', file=sys.stderr)
+    return from_dict(Params, apply_overrides(to_dict(Params()), args.set or [], src='--set'), '--set')
 
-def _resolve(args, section, names:dict[str, str]):
-    "Fill options left unset from the params section (`names`: option -> params key); error if still unset."
+def _fill(args, section, names:dict[str, str]):
+    "Set each option left unset (`names`: option -> key of `section`) to the section's value."
     for opt, key in names.items():
-        if getattr(args, opt) is None and section is not None: setattr(args, opt, getattr(section, key))
-        if getattr(args, opt) is None and key != 'optional':
-            raise SystemExit(f"fgkv: --{opt.replace('_', '-')} is required (or give --params with its '{key}' key)")
+        if getattr(args, opt) is None: setattr(args, opt, getattr(section, key))
+
+def _require(args, *opts, hint:str=''):
+    for opt in opts:
+        if getattr(args, opt) is None: raise SystemExit(f"fgkv: --{opt.replace('_', '-')} is required{hint}")
+
+def _default(section:str, key:str) -> str:
+    "' (default …)': the built-in default of params key `section.key`, for help texts."
+    from fgkv.config import Params
+    value = getattr(getattr(Params(), section), key)
+    return ' (default: off)' if value is None else f' (default {value})'
 
 # %% ../nbs/90_cli.ipynb #fca16d7f
+_SYNTH_KEYS = dict(classes='classes', per_class='per_class', frames='frames', size='size', seed='seed', scenes='scenes')
+
 def _synth(args):
-    _resolve(args, _params_section(args, 'synth'), dict(classes='classes', per_class='per_class', frames='frames', size='size', seed='seed', scenes='scenes'))
+    _fill(args, _config(args).synth, _SYNTH_KEYS)
     from fgkv.synth import synthesize_dataset
     summary = synthesize_dataset(args.out, classes=args.classes, per_class=args.per_class, frames=args.frames,
                                  size=args.size, seed=args.seed, scenes=args.scenes, workers=args.workers)
@@ -41,30 +55,37 @@ def _report(summary):
 def _add_synth(sub):
     p = sub.add_parser('synth', help='write the embedded procedurally generated action dataset (UCF101 layout)',
                        description='Write the synthetic motion-class dataset in the UCF101 layout: '
-                                   'DIR/videos/<Class>/v_<Class>_gGG_cCC.mp4 and DIR/ucfTrainTestlist/.')
+                                   'DIR/videos/<Class>/v_<Class>_gGG_cCC.mp4 and DIR/ucfTrainTestlist/. '
+                                   'The same options give the same bytes, whatever --workers.')
+    d = lambda key: _default('synth', key)
     p.add_argument('--out', required=True, type=Path, help='output folder')
-    p.add_argument('--classes', type=int, help='number of motion classes')
-    p.add_argument('--per-class', dest='per_class', type=int, help='videos per class')
-    p.add_argument('--frames', type=int, help='frames per video')
-    p.add_argument('--size', type=int, help='frame side in pixels')
-    p.add_argument('--seed', type=int, help='random seed (same seed, same bytes)')
-    p.add_argument('--scenes', type=int, help='appearance segments per video (1: one look throughout)')
-    p.add_argument('--workers', type=int, default=1, help='parallel writer processes (does not change the output)')
-    _add_params_options(p)
+    p.add_argument('--classes', type=int, help='number of motion classes' + d('classes'))
+    p.add_argument('--per-class', dest='per_class', type=int, help='videos per class' + d('per_class'))
+    p.add_argument('--frames', type=int, help='frames per video' + d('frames'))
+    p.add_argument('--size', type=int, help='frame side in pixels' + d('size'))
+    p.add_argument('--seed', type=int, help='random seed (same seed, same bytes)' + d('seed'))
+    p.add_argument('--scenes', type=int, help='appearance segments per video (1: one look throughout)' + d('scenes'))
+    p.add_argument('--workers', type=int, default=1, help='parallel writer processes (does not change the output; default 1)')
+    _add_params_options(p, 'take the defaults of unset options from its synth section')
     p.set_defaults(func=_synth)
 
-def _add_params_options(p):
-    p.add_argument('--params', type=Path, help='take unset options from this params.yaml')
-    p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE', help='override a params.yaml value (repeatable)')
+def _add_params_options(p, what:str):
+    p.add_argument('--params', type=Path, help=f'a params.yaml: {what}')
+    p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE', help='override a params value (repeatable)')
 
 # %% ../nbs/90_cli.ipynb #5d165e84
+OFFICIAL_SPLITS = ('ucf101', 'hmdb51') # datasets with official splits 1-3; Kinetics-400 has one, a folder none
+
 def _prepare(args):
-    section = _params_section(args, 'dataset')
-    _resolve(args, section, dict(dataset='name', videos='videos', split='split', out='prepared',
-                                 min_frames='min_frames', test_fraction='test_fraction'))
-    if section is not None:
-        if args.annotations is None: args.annotations = section.annotations
-        if args.resize_short_side is None: args.resize_short_side = section.resize_short_side
+    section = _config(args).dataset
+    if args.params is not None:   # the params file's dataset, unless the command line names one
+        _fill(args, section, dict(dataset='name', videos='videos', split='split', out='prepared'))
+        if args.annotations is None and args.dataset == section.name: args.annotations = section.annotations
+    _fill(args, section, dict(min_frames='min_frames', test_fraction='test_fraction', resize_short_side='resize_short_side'))
+    _require(args, 'dataset', 'videos', 'out', hint=' (or give --params with a dataset section)')
+    if args.split is None:
+        if args.dataset in OFFICIAL_SPLITS: raise SystemExit(f'fgkv: --split is required for --dataset {args.dataset} (official split 1, 2 or 3)')
+        args.split = 1
     if args.dataset == 'folder': args.annotations = None   # the class folders are the annotation
     elif args.annotations is None: raise SystemExit(f'fgkv: --annotations is required for --dataset {args.dataset}')
     from fgkv.prepare import prepare_dataset
@@ -77,19 +98,20 @@ def _add_prepare(sub):
     p = sub.add_parser('prepare', help='write train/test manifests from official split files',
                        description='Probe every listed video and write train.csv, test.csv (path,label,num_frames,fps,width,height), '
                                    'classes.txt and rejected.csv (path,reason) into --out.')
+    d = lambda key: _default('dataset', key)
     p.add_argument('--dataset', choices=['ucf101', 'hmdb51', 'kinetics400', 'folder'], help='layout of the raw data')
     p.add_argument('--videos', type=Path, help='folder holding the videos')
-    p.add_argument('--annotations', type=Path, help='split/annotation file or folder')
-    p.add_argument('--split', type=int, choices=[1, 2, 3], help='official split (UCF101, HMDB51)')
+    p.add_argument('--annotations', type=Path, help='split/annotation file or folder (not for folder datasets)')
+    p.add_argument('--split', type=int, choices=[1, 2, 3], help='official split (UCF101 and HMDB51 only)')
     p.add_argument('--out', type=Path, help='output folder for the manifests')
-    p.add_argument('--workers', type=int, default=1, help='parallel probing processes')
-    p.add_argument('--min-frames', dest='min_frames', type=int, help='reject videos with fewer decodable frames')
-    p.add_argument('--resize-short-side', dest='resize_short_side', type=int, help='re-encode videos to this short side')
-    p.add_argument('--test-fraction', dest='test_fraction', type=float, help='folder datasets: share of each class held out')
-    p.add_argument('--seed', type=int, default=0, help='folder datasets: split seed')
+    p.add_argument('--workers', type=int, default=1, help='parallel probing processes (default 1)')
+    p.add_argument('--min-frames', dest='min_frames', type=int, help='reject videos with fewer decodable frames' + d('min_frames'))
+    p.add_argument('--resize-short-side', dest='resize_short_side', type=int, help='re-encode videos to this short side' + d('resize_short_side'))
+    p.add_argument('--test-fraction', dest='test_fraction', type=float, help='folder datasets: share of each class held out' + d('test_fraction'))
+    p.add_argument('--seed', type=int, default=0, help='folder datasets: split seed (default 0)')
     p.add_argument('--fast-probe', action='store_true', help='count packets instead of decoding every frame (trusts the container; no corruption check)')
     p.add_argument('--progress', action='store_true', help='show a progress bar')
-    _add_params_options(p)
+    _add_params_options(p, "take the dataset, folders, split and unset options from its dataset section")
     p.set_defaults(func=_prepare)
 
 # %% ../nbs/90_cli.ipynb #0c7e5fc2
@@ -112,18 +134,20 @@ def _add_probe(sub):
 
 # %% ../nbs/90_cli.ipynb #e0d4c122
 def _pretrain(args):
-    from fgkv.config import load_params
-    params = load_params(args.params, args.set or [])
+    params = _config(args, auto=True)
     from fgkv.trainers import pretrain
     pretrain(params, args.out, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
+
+def _add_run_params_options(p):
+    p.add_argument('--params', type=Path, help="the run's params file (default: ./params.yaml if present, else the built-in defaults)")
+    p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE', help='override a params value (repeatable)')
 
 def _add_pretrain(sub):
     p = sub.add_parser('pretrain', help='pre-train ρBYOL / KVMemPred / FGKVMemPred / MemDPC as params.yaml says',
                        description='Pre-train the model of params.yaml (model, memdpc and pretrain sections) on the prepared '
                                    'dataset, writing OUT/checkpoint.pt, OUT/live/ (dvclive) and OUT/throughput.tsv. '
                                    'Multi-GPU: torchrun --nproc_per_node=N -m fgkv.cli pretrain ...')
-    p.add_argument('--params', type=Path, default=Path('params.yaml'), help='the params file (default: params.yaml)')
-    p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE', help='override a params.yaml value (repeatable)')
+    _add_run_params_options(p)
     p.add_argument('--out', type=Path, required=True, help='output folder (checkpoint and logs)')
     p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt if it exists')
     p.add_argument('--max-steps', dest='max_steps', type=int, help='stop after this many steps (the schedule still spans all epochs)')
@@ -132,16 +156,14 @@ def _add_pretrain(sub):
 
 # %% ../nbs/90_cli.ipynb #c7f788a4
 def _evaluate(args):
-    from fgkv.config import load_params
-    params = load_params(args.params, args.set or [])
+    params = _config(args, auto=True)
     from fgkv.protocols import run_evaluation
     metrics = run_evaluation(params, args.checkpoint, args.out, args.protocol)
     from fgkv.distributed import is_main_process
     if is_main_process(): print(json.dumps(metrics, indent=2))
 
 def _embed(args):
-    from fgkv.config import load_params
-    params = load_params(args.params, args.set or [])
+    params = _config(args, auto=True)
     from fgkv.protocols import embed_videos
     print(embed_videos(params, args.checkpoint, args.videos, args.out, args.batch_size, args.workers))
 
@@ -153,8 +175,7 @@ def _add_evaluate(sub):
     p.add_argument('--protocol', action='append', choices=['linear', 'nonlinear', 'finetune', 'retrieval', 'data_efficiency'],
                    help='protocol to run (repeatable; default: evaluate.protocols)')
     p.add_argument('--out', type=Path, required=True, help='output folder')
-    p.add_argument('--params', type=Path, default=Path('params.yaml'), help='the params file (default: params.yaml)')
-    p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE', help='override a params.yaml value (repeatable)')
+    _add_run_params_options(p)
     p.set_defaults(func=_evaluate)
 
 def _add_embed(sub):
@@ -166,8 +187,7 @@ def _add_embed(sub):
     p.add_argument('--out', type=Path, required=True, help='output file (.pt or .npz)')
     p.add_argument('--batch-size', dest='batch_size', type=int, default=8)
     p.add_argument('--workers', type=int, default=0)
-    p.add_argument('--params', type=Path, default=Path('params.yaml'), help='clip geometry and decoder (default: params.yaml)')
-    p.add_argument('--set', action='append', metavar='SECTION.KEY=VALUE', help='override a params.yaml value (repeatable)')
+    _add_run_params_options(p)
     p.set_defaults(func=_embed)
 
 # %% ../nbs/90_cli.ipynb #11ec4fbf

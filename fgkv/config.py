@@ -93,7 +93,7 @@ class DatasetConfig:
     annotations: str | None = 'data/raw/ucfTrainTestlist' # split/annotation file or folder (null for `folder`)
     split: int = 1                               # official split 1, 2 or 3 (UCF101, HMDB51)
     prepared: str = 'data/prepared'              # where train.csv / test.csv / classes.txt are written
-    min_frames: int = 1                          # videos with fewer decodable frames are rejected
+    min_frames: int = 8                          # videos with fewer decodable frames are rejected
     test_fraction: float = 0.3                   # `folder` datasets: share of each class held out
     resize_short_side: int | None = None         # re-encode videos to this short side while preparing
 
@@ -105,7 +105,7 @@ class SynthConfig:
     frames: int = 48        # frames per video
     size: int = 64          # frame side in pixels
     seed: int = 0
-    scenes: int = 1         # appearance segments per video (the motion runs on across the cuts)
+    scenes: int = 3         # appearance segments per video (the motion runs on across the cuts)
 
 @dataclass(frozen=True)
 class DecodeConfig:
@@ -273,8 +273,8 @@ class AblationConfig:
 @dataclass(frozen=True)
 class StudyConfig:
     "The runs of the study pipeline."
-    variants: dict[str, tuple[str, ...]]       # pre-training variant name -> overrides
-    ablations: dict[str, AblationConfig]       # ablation name -> its definition
+    variants: dict[str, tuple[str, ...]] = field(default_factory=dict) # pre-training variant name -> overrides
+    ablations: dict[str, AblationConfig] = field(default_factory=dict) # ablation name -> its definition
     ablation_protocols: tuple[Literal['linear', 'nonlinear', 'finetune', 'retrieval'], ...] = ('linear', 'retrieval')
     dataset_label: str = 'synthetic motion data'  # how the report names the data the numbers come from
     scale_label: str = 'embedded default (CPU)'   # and the scale
@@ -282,18 +282,18 @@ class StudyConfig:
 # %% ../nbs/01_config.ipynb #ccd2d36f
 @dataclass(frozen=True)
 class Params:
-    "Everything in `params.yaml`."
-    dataset: DatasetConfig
-    synth: SynthConfig
-    decode: DecodeConfig
-    clips: ClipConfig
-    augment: AugmentConfig
-    downstream: DownstreamConfig
-    model: ModelConfig
-    memdpc: MemDPCConfig
-    pretrain: PretrainConfig
-    evaluate: EvaluateConfig
-    study: StudyConfig
+    "Everything in `params.yaml`; `Params()` holds the built-in defaults (what `fgkv` uses without a params file)."
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    memdpc: MemDPCConfig = field(default_factory=MemDPCConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 # %% ../nbs/01_config.ipynb #377fc4a5
 def apply_overrides(data:dict, overrides:list[str]|tuple[str, ...]=(), src:str='<overrides>') -> dict:

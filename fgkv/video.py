@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import functools
+from fractions import Fraction
 import warnings
 from dataclasses import dataclass
 
@@ -18,16 +19,19 @@ import torch
 from .core import atomic_path
 
 # %% auto #0
-__all__ = ['BACKENDS', 'SPEED_ORDER', 'write_video', 'VideoReadError', 'BackendError', 'VideoInfo', 'probe_video', 'PyAVBackend',
+__all__ = ['X264_OPTIONS', 'FIXTURE_STEP', 'BACKENDS', 'SPEED_ORDER', 'write_video', 'indexed_frames', 'frame_index',
+           'write_decoder_fixtures', 'VideoReadError', 'BackendError', 'VideoInfo', 'probe_video', 'PyAVBackend',
            'DecordBackend', 'TorchCodecBackend', 'backend_passes_self_check', 'available_backends', 'read_frames']
 
 # %% ../nbs/02_video.ipynb #9428c921
+X264_OPTIONS = {'bf': '0', 'preset': 'medium', 'threads': '1', 'x264-params': 'asm=0'} # see above: no SIMD, no B-frames, one thread
+
 def write_video(path, # destination (.mp4); written atomically
                 frames, # uint8 frames, (T, H, W, 3) RGB, array or tensor; H and W must be even
                 fps:float=25, crf:int=18, # quality: 0 lossless … 51 worst
                 gop:int=8, # keyframe interval in frames
                ) -> Path:
-    "Encode `frames` as H.264/MP4 at `path`."
+    "Encode `frames` as H.264/MP4 at `path`, byte-deterministically."
     frames = np.asarray(frames.numpy() if torch.is_tensor(frames) else frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
@@ -36,17 +40,89 @@ def write_video(path, # destination (.mp4); written atomically
     path = Path(path)
     with atomic_path(path) as tmp:
         with av.open(str(tmp), 'w', format='mp4') as out:
-            stream = out.add_stream('libx264', rate=_fraction(fps),
-                                    options={'crf': str(crf), 'g': str(gop), 'bframes': '0', 'preset': 'medium', 'threads': '1'})
+            stream = out.add_stream('libx264', rate=_fraction(fps), options={'crf': str(crf), 'g': str(gop), **X264_OPTIONS})
             stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
-            for f in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format='rgb24')): out.mux(packet)
+            stream.thread_type, stream.codec_context.thread_count = 'NONE', 1
+            for i, f in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(f, format='rgb24')
+                frame.pts = i
+                for packet in stream.encode(frame): out.mux(packet)
             for packet in stream.encode(): out.mux(packet)
     return path
 
 def _fraction(fps):
     from fractions import Fraction
     return Fraction(fps).limit_denominator(1001)
+
+# %% ../nbs/02_video.ipynb #a4dede84
+FIXTURE_STEP = 6 # red level per frame index in `indexed_frames`
+
+def indexed_frames(n:int, width:int=64, height:int=48) -> np.ndarray:
+    "(n, height, width, 3) uint8 RGB frames: red = `FIXTURE_STEP` × index, green and blue = horizontal and vertical gradients."
+    f = np.zeros((n, height, width, 3), np.uint8)
+    f[..., 0] = np.minimum(np.arange(n) * FIXTURE_STEP, 255)[:, None, None]
+    f[..., 1] = (np.arange(width) * 192 // width)[None, None, :]
+    f[..., 2] = (np.arange(height) * 192 // height)[None, :, None]
+    return f
+
+def frame_index(frame) -> int:
+    "The index an `indexed_frames` frame carries (any orientation, after lossy coding)."
+    return int(round(float(np.median(np.asarray(frame)[..., 0])) / FIXTURE_STEP))
+
+# %% ../nbs/02_video.ipynb #117c5873
+_FIXTURE_X264 = {'x264-params': 'asm=0:keyint=12:min-keyint=12:scenecut=0', 'bf': '0', 'preset': 'medium', 'crf': '18',
+                 'threads': '1', 'flags': '+bitexact'}   # keyframes at 0, 12, 24, 36: the seek path has work to do
+_FIXTURE_MPEG4 = {'bf': '2', 'g': '12', 'qmin': '2', 'qmax': '3', 'flags': '+bitexact', 'threads': '1'} # sharp B-frames: the index survives
+
+def _write_fixture(path, frames, codec:str, fmt:str, options:dict, rate=30, pts=None, time_base=None, rotation=None) -> Path:
+    "Encode `frames` deterministically; `pts` (in `time_base`) replaces the regular 1/`rate` steps."
+    n, h, w, _ = frames.shape
+    with av.open(str(path), 'w', format=fmt, options={'fflags': '+bitexact'}) as out:
+        s = out.add_stream(codec, rate=_fraction(rate), options=dict(options))
+        s.width, s.height, s.pix_fmt = w, h, 'yuv420p'
+        s.thread_type, s.codec_context.thread_count = 'NONE', 1
+        if time_base is not None: s.codec_context.time_base = s.time_base = time_base
+        if rotation is not None: s.set_display_rotation(rotation)
+        for i, a in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(a, format='rgb24').reformat(format='yuv420p')
+            vf.pts = i if pts is None else pts[i]
+            if time_base is not None: vf.time_base = time_base
+            for packet in s.encode(vf): out.mux(packet)
+        for packet in s.encode(): out.mux(packet)
+    return Path(path)
+
+def _damage_last_keyframe(src:Path, dst:Path) -> Path:
+    "Copy H.264 MP4 `src` to `dst` with the slice header of its last IDR slice set to ones (an invalid Exp-Golomb code)."
+    import struct
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as c: pos, size = [(p.pos, p.size) for p in c.demux(c.streams.video[0]) if p.size and p.is_keyframe][-1]
+    o = pos
+    while o + 4 <= pos + size:   # length-prefixed NAL units of the sample: find the IDR slice (type 5)
+        n = struct.unpack('>I', data[o:o + 4])[0]
+        if data[o + 4] & 0x1f == 5: break
+        o += 4 + n
+    data[o + 5:o + 13] = b'\xff' * 8
+    dst.write_bytes(bytes(data))
+    return dst
+
+def write_decoder_fixtures(folder) -> dict[str, Path]:
+    "Write one small video per decoder case into `folder`; returns {case: path}."
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    f40, x264 = indexed_frames(40), _FIXTURE_X264
+    out = dict(bframes_avi=_write_fixture(folder/'bframes.avi', f40, 'mpeg4', 'avi', _FIXTURE_MPEG4, rate=25),
+               rotated_mov=_write_fixture(folder/'rotated.mov', indexed_frames(6), 'libx264', 'mov', x264, rotation=-90),
+               vfr_mp4=_write_fixture(folder/'vfr.mp4', f40, 'libx264', 'mp4', x264, time_base=Fraction(1, 30),
+                                      pts=np.cumsum([0] + [1 if i % 9 else 4 for i in range(1, 40)]).tolist()), # a 4/30 s gap before every 9th frame
+               nocount_mkv=_write_fixture(folder/'nocount.mkv', f40, 'libx264', 'matroska', x264),
+               three_frames=_write_fixture(folder/'three.mp4', indexed_frames(3), 'libx264', 'mp4', x264))
+    full = _write_fixture(folder/'full.mp4.tmp', f40, 'libx264', 'mp4', x264)
+    data = full.read_bytes()
+    (folder/'truncated.mp4').write_bytes(data[:len(data) // 2])   # the index (moov, written last) is gone
+    out['truncated'] = folder/'truncated.mp4'
+    out['corrupted'] = _damage_last_keyframe(full, folder/'corrupted.mp4')
+    full.unlink()
+    return out
 
 # %% ../nbs/02_video.ipynb #a52e5c0c
 class VideoReadError(RuntimeError):
