@@ -292,7 +292,7 @@ def _inspect(src:str, # absolute path of an existing file
             ) -> tuple[VideoInfo|None, str|None]:
     "(info, None) for a usable video, (None, reason) for a rejected one; never raises."
     try: info = probe_video(src, exact=exact)
-    except VideoReadError as e: return None, f'unreadable: {e.reason}'
+    except VideoReadError as e: return None, f"unreadable: {e.reason.removeprefix('unreadable: ')}"
     except Exception as e: return None, f'unreadable: {type(e).__name__}: {e}'   # a decoder bug must not stop a 13k-video run
     if info.num_frames < min_frames: return None, f'too short: {info.num_frames} frames < {min_frames}'
     if dst is None: return info, None

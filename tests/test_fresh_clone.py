@@ -59,3 +59,10 @@ def test_materialise_falls_back_to_synth(tmp_path):
     run = subprocess.run(['bash', 'scripts/materialise-data'], cwd=clone, env=_env(), capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert 'regenerating data/raw with fgkv synth' in run.stdout and 'data/raw matches data.dvc' in run.stdout, run.stdout
+    # data that does not hash to the record (here: another seed, as another FFmpeg build would give) is refused, naming the fix
+    params = clone / 'params.yaml'
+    params.write_text(params.read_text().replace('  seed: 0\n  scenes:', '  seed: 1\n  scenes:', 1))
+    for folder in ('data/raw', '.dvc/cache'): shutil.rmtree(clone / folder)   # the cache would restore the record
+    run = subprocess.run(['bash', 'scripts/materialise-data'], cwd=clone, env=_env(), capture_output=True, text=True)
+    assert run.returncode == 1 and "data/raw does not match data.dvc: 'dvc pull'" in run.stdout, run.stdout + run.stderr
+    assert subprocess.run(['git', 'diff', '--quiet', 'data.dvc'], cwd=clone).returncode == 0   # the record is never rewritten
