@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import functools
+import os
 from fractions import Fraction
 import warnings
 from dataclasses import dataclass
@@ -359,6 +360,11 @@ def _file_key(path):
 @functools.lru_cache(maxsize=16)
 def _open_backend(name:str, path:str, threads:int, num_frames:int, file_key):
     return BACKENDS[name](path, threads, num_frames=num_frames)
+
+# Open readers belong to the process that opened them: a decord reader owns a decoding thread that a
+# forked data-loader worker does not inherit, and using or closing it there blocks forever. So the
+# parent lets go of its readers before every fork; each worker opens its own.
+os.register_at_fork(before=_open_backend.cache_clear)
 
 # %% ../nbs/02_video.ipynb #88d61de3
 def read_frames(path, indices, # frame numbers, any order, repeats allowed

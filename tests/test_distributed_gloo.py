@@ -154,7 +154,7 @@ def _batches():
 
 
 def _train(model, batches, lo=0, hi=B):
-    "LARS (spec §6.1 settings, the K400 config's lr 2.4 after a 1-step warm-up) on the rows [lo, hi) of each batch."
+    "LARS (the settings of the authors' released code, their K400 config's lr 2.4 after a 1-step warm-up) on the rows [lo, hi) of each batch."
     opt = build_optimizer('lars', model.module if hasattr(model, 'module') else model, lr=0.0, weight_decay=1e-4)
     for step, (x, y) in enumerate(batches):
         for group in opt.param_groups: group['lr'] = lr_at(step, STEPS, 2.4, 1, warmup_start_lr=0.5)
