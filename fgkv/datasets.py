@@ -108,6 +108,20 @@ class FrameSource:
             self._infos[r.path] = VideoInfo(r.info.num_frames, r.info.fps, r.info.width, r.info.height, rotation)
         return self._infos[r.path]
 
+    @classmethod
+    def from_frames(cls, records:list[VideoRecord], # one per video; `path` only names it (nothing is read)
+                    frames:list[np.ndarray],        # (T, H, W, 3) uint8 display-orientation frames of each record
+                   ) -> FrameSource:
+        "A source over videos already in memory (rendered, or decoded elsewhere): nothing is read from files."
+        if len(records) != len(frames): raise ValueError(f'FrameSource.from_frames: {len(records)} records but {len(frames)} frame arrays')
+        for r, f in zip(records, frames):
+            if not (isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.ndim == 4 and f.shape[-1] == 3 and len(f) == r.info.num_frames):
+                raise ValueError(f'FrameSource.from_frames: {r.path}: frames must be uint8 (T={r.info.num_frames}, H, W, 3), '
+                                 f'got {getattr(f, "dtype", type(f).__name__)} {getattr(f, "shape", "")}')
+        source = cls(records)
+        source.cache = list(frames)
+        return source
+
     def __call__(self, i:int, indices) -> torch.Tensor:
         "Frames `indices` of record `i` as (N, H, W, 3) uint8."
         if self.cache is not None:
