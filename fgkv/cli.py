@@ -40,13 +40,13 @@ def _default(section:str, key:str) -> str:
     return ' (default: off)' if value is None else f' (default {value})'
 
 # %% ../nbs/90_cli.ipynb #fca16d7f
-_SYNTH_KEYS = dict(classes='classes', per_class='per_class', frames='frames', size='size', seed='seed', scenes='scenes')
+_SYNTH_KEYS = dict(classes='classes', per_class='per_class', frames='frames', size='size', seed='seed', scenes='scenes', class_look='class_look')
 
 def _synth(args):
     _fill(args, _config(args).synth, _SYNTH_KEYS)
     from fgkv.synth import synthesize_dataset
     summary = synthesize_dataset(args.out, classes=args.classes, per_class=args.per_class, frames=args.frames,
-                                 size=args.size, seed=args.seed, scenes=args.scenes, workers=args.workers)
+                                 size=args.size, seed=args.seed, scenes=args.scenes, class_look=args.class_look, workers=args.workers)
     _report(summary)
 
 def _report(summary):
@@ -65,6 +65,7 @@ def _add_synth(sub):
     p.add_argument('--size', type=int, help='frame side in pixels' + d('size'))
     p.add_argument('--seed', type=int, help='random seed (same seed, same bytes)' + d('seed'))
     p.add_argument('--scenes', type=int, help='appearance segments per video (1: one look throughout)' + d('scenes'))
+    p.add_argument('--class-look', dest='class_look', type=float, help="probability of an object with its class's typical shape and hue" + d('class_look'))
     p.add_argument('--workers', type=int, default=1, help='parallel writer processes (does not change the output; default 1)')
     _add_params_options(p, 'take the defaults of unset options from its synth section')
     p.set_defaults(func=_synth)

@@ -106,6 +106,7 @@ class SynthConfig:
     size: int = 64          # frame side in pixels
     seed: int = 0
     scenes: int = 3         # appearance segments per video (the motion runs on across the cuts)
+    class_look: float = 0.0 # probability that an object has its class's typical shape and hue (0: the look says nothing)
 
 @dataclass(frozen=True)
 class DecodeConfig:

@@ -56,6 +56,7 @@ _RANGES = dict(
 _HEADING = {'MoveUp': 270, 'MoveDown': 90, 'OscillateHorizontal': 0, 'OscillateVertical': 90}
 _SALT = 0x5717 # separates these random streams from other uses of `sample_seed` with the same keys
 _SCENE_SALT = 0x5C3E # the appearance of scenes after the first
+_LOOK_SALT = 0x100C # whether a clip's object has its class's typical look (a stream of its own: class_look=0 leaves every other draw as it was)
 
 # %% ../nbs/03_synth.ipynb #cd3d9b68
 SHAPES = ('circle', 'ellipse', 'triangle', 'square', 'diamond', 'hexagon', 'star', 'cross')
@@ -74,7 +75,9 @@ def group_style(seed:int, group:int, scene:int=0) -> dict:
                 distractor_colour=_rgb(rng.random(), 0.3*rng.random(), 0.3 + 0.5*u[1]))
 
 # %% ../nbs/03_synth.ipynb #e5d3591e
-def clip_params(seed:int, cls:int, group:int, clip:int, scene:int=0) -> dict:
+def clip_params(seed:int, cls:int, group:int, clip:int, scene:int=0,
+                class_look:float=0.0, # probability that the object has its class's typical shape and hue (see below)
+               ) -> dict:
     "Per-clip draws (lengths as fractions of the frame side, angles in degrees); scene `scene` > 0 redraws only the appearance."
     rng = np.random.default_rng(sample_seed(_SALT, seed, cls, group, clip))
     ranged = [k for k in _RANGES if k != 'radius']   # dict order: fixed
@@ -90,6 +93,8 @@ def clip_params(seed:int, cls:int, group:int, clip:int, scene:int=0) -> dict:
         x, y, angle, size_phase, phase = rng.random(5)
         p.update(x=x, y=y, angle=360*angle, phase=360*phase, size_phase=size_phase, radius=lo*(hi/lo)**size_phase)
     p.update(_appearance_draws(rng))
+    if class_look and np.random.default_rng(sample_seed(_LOOK_SALT, seed, cls, group, clip, scene)).random() < class_look:
+        p.update(shape=SHAPES[cls % len(SHAPES)], hue=cls/len(MOTION_CLASSES))   # the class's own shape and hue family
     return p
 
 
@@ -108,9 +113,9 @@ def _texture_draws(rng):
 
 def _object_colours(style, p):
     "Bright body colour near the group's hue, and a darker second half in another hue (it shows the rotation)."
-    u = p['colour_draws']
-    return (_rgb(style['hue'] + 0.3*(u[0] - 0.5), 0.55 + 0.45*u[1], 0.8 + 0.2*u[2]),
-            _rgb(style['hue'] + 0.3 + 0.4*u[3], 0.5 + 0.5*u[4], 0.35 + 0.3*u[5]))
+    u, hue = p['colour_draws'], p.get('hue', style['hue'])   # a class-typical look brings its own hue
+    return (_rgb(hue + 0.3*(u[0] - 0.5), 0.55 + 0.45*u[1], 0.8 + 0.2*u[2]),
+            _rgb(hue + 0.3 + 0.4*u[3], 0.5 + 0.5*u[4], 0.35 + 0.3*u[5]))
 
 # %% ../nbs/03_synth.ipynb #7439132b
 def _shake(p, t, size):
@@ -240,12 +245,13 @@ def scene_bounds(frames:int, scenes:int) -> list[int]:
 def render_clip(seed:int, cls:int, # index in `MOTION_CLASSES`
                 group:int, clip:int, frames:int=48, size:int=64,
                 scenes:int=1, # appearance segments: the object keeps moving, its look and the background change at each cut
+                class_look:float=0.0, # probability that the object has its class's typical shape and hue (per clip and scene)
                ) -> np.ndarray:
     "Frames (T,H,W,3) uint8 of clip `clip` in group `group` of class `MOTION_CLASSES[cls]`."
     if not 0 <= cls < len(MOTION_CLASSES): raise ValueError(f'cls must be in [0, {len(MOTION_CLASSES)}), got {cls}')
     bounds = scene_bounds(frames, scenes)
     return np.concatenate([composite(render_layers(MOTION_CLASSES[cls], group_style(seed, group, s),
-                                                   clip_params(seed, cls, group, clip, s), b - a, size, start=a))
+                                                   clip_params(seed, cls, group, clip, s, class_look), b - a, size, start=a))
                            for s, (a, b) in enumerate(zip(bounds, bounds[1:]))])
 
 # %% ../nbs/03_synth.ipynb #a04c9621
@@ -292,10 +298,10 @@ FPS, CRF, GOP = 25, 18, 8
 
 def _write_one(job):
     "Render and encode one video; returns its size in bytes."
-    path, seed, cls, group, clip, frames, size, scenes = job
-    return write_video(path, render_clip(seed, cls, group, clip, frames, size, scenes), fps=FPS, crf=CRF, gop=GOP).stat().st_size
+    path, seed, cls, group, clip, frames, size, scenes, class_look = job
+    return write_video(path, render_clip(seed, cls, group, clip, frames, size, scenes, class_look), fps=FPS, crf=CRF, gop=GOP).stat().st_size
 
-def _check_args(classes, per_class, frames, size, seed, workers, scenes):
+def _check_args(classes, per_class, frames, size, seed, workers, scenes, class_look=0.0):
     for name, val in dict(classes=classes, per_class=per_class, frames=frames, size=size, seed=seed, workers=workers, scenes=scenes).items():
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)): raise TypeError(f'{name} must be an int, got {val!r}')
     if frames < 1: raise ValueError(f'frames must be at least 1, got {frames}')
@@ -303,6 +309,8 @@ def _check_args(classes, per_class, frames, size, seed, workers, scenes):
     if seed < 0: raise ValueError(f'seed must be >= 0, got {seed}')
     if workers < 1: raise ValueError(f'workers must be at least 1, got {workers}')
     if not 1 <= scenes <= frames: raise ValueError(f'scenes must be in [1, frames={frames}], got {scenes}')
+    if isinstance(class_look, bool) or not (isinstance(class_look, (int, float)) and 0 <= class_look <= 1):
+        raise ValueError(f'class_look must be a probability in [0, 1], got {class_look!r}')
 
 # %% ../nbs/03_synth.ipynb #61e619d5
 def _refuse_foreign_videos(out:Path, plan):
@@ -313,10 +321,10 @@ def _refuse_foreign_videos(out:Path, plan):
     if foreign: raise FileExistsError(f'{out}/videos holds {len(foreign)} videos that this dataset does not contain '
                                       f'(e.g. {foreign[0]}): remove {out} or choose another --out')
 
-def _metadata(plan, classes, per_class, frames, size, seed, scenes) -> dict:
+def _metadata(plan, classes, per_class, frames, size, seed, scenes, class_look) -> dict:
     sizes = group_sizes(per_class)
     return dict(generator='fgkv.synth', synth_version=SYNTH_VERSION, fgkv_version=__version__,
-                params=dict(classes=classes, per_class=per_class, frames=frames, size=size, seed=seed, scenes=scenes, fps=FPS, crf=CRF, gop=GOP),
+                params=dict(classes=classes, per_class=per_class, frames=frames, size=size, seed=seed, scenes=scenes, class_look=class_look, fps=FPS, crf=CRF, gop=GOP),
                 scene_starts=scene_bounds(frames, scenes)[:-1],
                 groups_per_class=len(sizes), clips_per_group=sizes, test_groups_split1=list(range(1, n_test_groups(len(sizes)) + 1)),
                 classes=[dict(label=e['label'], name=e['name'], motion=MOTION_DESCRIPTIONS[e['name']])
@@ -331,18 +339,19 @@ def synthesize_dataset(out, # dataset folder: videos/ and ucfTrainTestlist/ are 
                        seed:int=0, # the dataset's only source of randomness
                        workers:int=1, # processes writing videos; does not change the bytes
                        scenes:int=1, # appearance segments per video (see `render_clip`)
+                       class_look:float=0.0, # probability of a class-typical object look (see `clip_params`)
                       ) -> dict:
     "Write a motion-classification dataset in the UCF101 layout under `out`; returns a summary."
-    _check_args(classes, per_class, frames, size, seed, workers, scenes)
+    _check_args(classes, per_class, frames, size, seed, workers, scenes, class_look)
     out, plan = Path(out), dataset_plan(classes, per_class)
     _refuse_foreign_videos(out, plan)
-    jobs = [(out/'videos'/e['path'], seed, e['cls'], e['group'], e['clip'], frames, size, scenes) for e in plan]
+    jobs = [(out/'videos'/e['path'], seed, e['cls'], e['group'], e['clip'], frames, size, scenes, class_look) for e in plan]
     if workers == 1: nbytes = [_write_one(j) for j in jobs]
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('fork')) as pool:
             nbytes = list(pool.map(_write_one, jobs, chunksize=4))
     write_split_lists(out/'ucfTrainTestlist', plan)
-    with atomic_open(out/'synth.json') as f: json.dump(_metadata(plan, classes, per_class, frames, size, seed, scenes), f, indent=1)
+    with atomic_open(out/'synth.json') as f: json.dump(_metadata(plan, classes, per_class, frames, size, seed, scenes, class_look), f, indent=1)
     files = [out/'ucfTrainTestlist'/n for n in ('classInd.txt', 'trainlist01.txt', 'testlist01.txt')] + [out/'synth.json']
     return dict(out=str(out), classes=classes, videos=len(plan), train=sum(e['split'] == 'train' for e in plan),
                 test=sum(e['split'] == 'test' for e in plan), video_bytes=sum(nbytes),
