@@ -50,7 +50,8 @@ def render_split(params:Params, workers:int=1) -> dict[str, tuple[list[VideoReco
     "The synth section's videos, rendered into memory: {'train': (records, frames), 'test': ...}."
     s = params.synth
     plan = dataset_plan(s.classes, s.per_class)
-    jobs = [(s.seed, e['cls'], e['group'], e['clip'], s.frames, s.size, s.scenes, s.class_look) for e in plan]
+    jobs = [(s.seed, e['cls'], e['group'], e['clip'], s.frames, s.size, s.scenes, s.class_look, s.object_scale, s.background_contrast,
+             s.distractors) for e in plan]
     if workers > 1:
         import multiprocessing
         with multiprocessing.get_context('fork').Pool(workers) as pool: frames = pool.starmap(render_clip, jobs, chunksize=8)

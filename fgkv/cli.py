@@ -40,13 +40,15 @@ def _default(section:str, key:str) -> str:
     return ' (default: off)' if value is None else f' (default {value})'
 
 # %% ../nbs/90_cli.ipynb #fca16d7f
-_SYNTH_KEYS = dict(classes='classes', per_class='per_class', frames='frames', size='size', seed='seed', scenes='scenes', class_look='class_look')
+_SYNTH_KEYS = dict(classes='classes', per_class='per_class', frames='frames', size='size', seed='seed', scenes='scenes', class_look='class_look',
+                   object_scale='object_scale', background_contrast='background_contrast', distractors='distractors')
 
 def _synth(args):
     _fill(args, _config(args).synth, _SYNTH_KEYS)
     from fgkv.synth import synthesize_dataset
     summary = synthesize_dataset(args.out, classes=args.classes, per_class=args.per_class, frames=args.frames,
-                                 size=args.size, seed=args.seed, scenes=args.scenes, class_look=args.class_look, workers=args.workers)
+                                 size=args.size, seed=args.seed, scenes=args.scenes, class_look=args.class_look,
+                                 object_scale=args.object_scale, background_contrast=args.background_contrast, distractors=args.distractors, workers=args.workers)
     _report(summary)
 
 def _report(summary):
@@ -66,6 +68,9 @@ def _add_synth(sub):
     p.add_argument('--seed', type=int, help='random seed (same seed, same bytes)' + d('seed'))
     p.add_argument('--scenes', type=int, help='appearance segments per video (1: one look throughout)' + d('scenes'))
     p.add_argument('--class-look', dest='class_look', type=float, help="probability of an object with its class's typical shape and hue" + d('class_look'))
+    p.add_argument('--object-scale', dest='object_scale', type=float, help="multiplies the objects' radius" + d('object_scale'))
+    p.add_argument('--background-contrast', dest='background_contrast', type=float, help='of the background texture (0: plain)' + d('background_contrast'))
+    p.add_argument('--distractors', action=argparse.BooleanOptionalAction, help='draw static distractor shapes' + d('distractors'))
     p.add_argument('--workers', type=int, default=1, help='parallel writer processes (does not change the output; default 1)')
     _add_params_options(p, 'take the defaults of unset options from its synth section')
     p.set_defaults(func=_synth)

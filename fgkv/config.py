@@ -107,6 +107,9 @@ class SynthConfig:
     seed: int = 0
     scenes: int = 3         # appearance segments per video (the motion runs on across the cuts)
     class_look: float = 0.0 # probability that an object has its class's typical shape and hue (0: the look says nothing)
+    object_scale: float = 1.0 # multiplies the objects' radius (1: radius 10-24 % of the frame side)
+    background_contrast: float = 1.0 # of the background texture (1: as drawn, 0: plain)
+    distractors: bool = True # a static distractor shape in half of the scenes
 
 @dataclass(frozen=True)
 class DecodeConfig:

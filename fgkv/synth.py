@@ -213,18 +213,24 @@ def _torus_offsets(size, x, y):
     dy = (pix[None, :, None] - np.asarray(y)[:, None, None] + size/2) % size - size/2
     return dx, dy   # (T, 1, W), (T, H, 1)
 
-def render_layers(motion:str, style:dict, p:dict, frames:int, size:int, start:int=0) -> dict:
+def render_layers(motion:str, style:dict, p:dict, frames:int, size:int, start:int=0,
+                  object_scale:float=1.0, # multiplies the object's radius (its motion is unchanged)
+                  background_contrast:float=1.0, # 1: the texture as drawn; 0: a plain background of the mean colour
+                  distractors:bool=True, # False: never draw the static distractor shape
+                 ) -> dict:
     "Background (H,W,3), object coverage and second-half weight (T,H,W), and colours of frames `start`... of a clip, before compositing."
     pix = (np.arange(size) + 0.5)/size
     w = _texture(style, p, pix[None, :], pix[:, None])[..., None]
+    if background_contrast != 1.0: w = 0.5 + background_contrast*(w - 0.5)
     c0, c1 = np.clip(style['bg_colours'] + p['bg_jitter'], 0, 1)
     bg = c0*(1 - w) + c1*w                                                     # (H, W, 3)
-    if style['distractor'] is not None:
+    if distractors and style['distractor'] is not None:
         dx, dy = _torus_offsets(size, [p['distractor_xy'][0]*size], [p['distractor_xy'][1]*size])
         cover, _ = _coverage(style['distractor'], dx[0], dy[0], 0.0, p['distractor_radius']*size)
         bg = bg*(1 - cover[..., None]) + style['distractor_colour']*cover[..., None]
     x, y, angle, radius = motion_path(motion, p, np.arange(start, start + frames), size)
     dx, dy = _torus_offsets(size, x, y)
+    radius = radius*object_scale
     alpha, beta = _coverage(p['shape'], dx, dy, angle[:, None, None], radius[:, None, None])
     colour, colour2 = _object_colours(style, p)
     return dict(background=bg, alpha=alpha, beta=beta, colour=colour, colour2=colour2, brightness=p['brightness'])
@@ -246,12 +252,14 @@ def render_clip(seed:int, cls:int, # index in `MOTION_CLASSES`
                 group:int, clip:int, frames:int=48, size:int=64,
                 scenes:int=1, # appearance segments: the object keeps moving, its look and the background change at each cut
                 class_look:float=0.0, # probability that the object has its class's typical shape and hue (per clip and scene)
+                object_scale:float=1.0, background_contrast:float=1.0, distractors:bool=True, # see `render_layers`
                ) -> np.ndarray:
     "Frames (T,H,W,3) uint8 of clip `clip` in group `group` of class `MOTION_CLASSES[cls]`."
     if not 0 <= cls < len(MOTION_CLASSES): raise ValueError(f'cls must be in [0, {len(MOTION_CLASSES)}), got {cls}')
     bounds = scene_bounds(frames, scenes)
     return np.concatenate([composite(render_layers(MOTION_CLASSES[cls], group_style(seed, group, s),
-                                                   clip_params(seed, cls, group, clip, s, class_look), b - a, size, start=a))
+                                                   clip_params(seed, cls, group, clip, s, class_look), b - a, size, start=a,
+                                                   object_scale=object_scale, background_contrast=background_contrast, distractors=distractors))
                            for s, (a, b) in enumerate(zip(bounds, bounds[1:]))])
 
 # %% ../nbs/03_synth.ipynb #a04c9621
@@ -298,10 +306,10 @@ FPS, CRF, GOP = 25, 18, 8
 
 def _write_one(job):
     "Render and encode one video; returns its size in bytes."
-    path, seed, cls, group, clip, frames, size, scenes, class_look = job
-    return write_video(path, render_clip(seed, cls, group, clip, frames, size, scenes, class_look), fps=FPS, crf=CRF, gop=GOP).stat().st_size
+    path, seed, cls, group, clip, frames, size, scenes, look = job
+    return write_video(path, render_clip(seed, cls, group, clip, frames, size, scenes, **look), fps=FPS, crf=CRF, gop=GOP).stat().st_size
 
-def _check_args(classes, per_class, frames, size, seed, workers, scenes, class_look=0.0):
+def _check_args(classes, per_class, frames, size, seed, workers, scenes, class_look=0.0, object_scale=1.0, background_contrast=1.0):
     for name, val in dict(classes=classes, per_class=per_class, frames=frames, size=size, seed=seed, workers=workers, scenes=scenes).items():
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)): raise TypeError(f'{name} must be an int, got {val!r}')
     if frames < 1: raise ValueError(f'frames must be at least 1, got {frames}')
@@ -311,6 +319,9 @@ def _check_args(classes, per_class, frames, size, seed, workers, scenes, class_l
     if not 1 <= scenes <= frames: raise ValueError(f'scenes must be in [1, frames={frames}], got {scenes}')
     if isinstance(class_look, bool) or not (isinstance(class_look, (int, float)) and 0 <= class_look <= 1):
         raise ValueError(f'class_look must be a probability in [0, 1], got {class_look!r}')
+    if not (isinstance(object_scale, (int, float)) and 0 < object_scale <= 3): raise ValueError(f'object_scale must be in (0, 3], got {object_scale!r}')
+    if not (isinstance(background_contrast, (int, float)) and 0 <= background_contrast <= 1):
+        raise ValueError(f'background_contrast must be in [0, 1], got {background_contrast!r}')
 
 # %% ../nbs/03_synth.ipynb #61e619d5
 def _refuse_foreign_videos(out:Path, plan):
@@ -321,10 +332,10 @@ def _refuse_foreign_videos(out:Path, plan):
     if foreign: raise FileExistsError(f'{out}/videos holds {len(foreign)} videos that this dataset does not contain '
                                       f'(e.g. {foreign[0]}): remove {out} or choose another --out')
 
-def _metadata(plan, classes, per_class, frames, size, seed, scenes, class_look) -> dict:
+def _metadata(plan, classes, per_class, frames, size, seed, scenes, look:dict) -> dict:
     sizes = group_sizes(per_class)
     return dict(generator='fgkv.synth', synth_version=SYNTH_VERSION, fgkv_version=__version__,
-                params=dict(classes=classes, per_class=per_class, frames=frames, size=size, seed=seed, scenes=scenes, class_look=class_look, fps=FPS, crf=CRF, gop=GOP),
+                params=dict(classes=classes, per_class=per_class, frames=frames, size=size, seed=seed, scenes=scenes, **look, fps=FPS, crf=CRF, gop=GOP),
                 scene_starts=scene_bounds(frames, scenes)[:-1],
                 groups_per_class=len(sizes), clips_per_group=sizes, test_groups_split1=list(range(1, n_test_groups(len(sizes)) + 1)),
                 classes=[dict(label=e['label'], name=e['name'], motion=MOTION_DESCRIPTIONS[e['name']])
@@ -340,18 +351,20 @@ def synthesize_dataset(out, # dataset folder: videos/ and ucfTrainTestlist/ are 
                        workers:int=1, # processes writing videos; does not change the bytes
                        scenes:int=1, # appearance segments per video (see `render_clip`)
                        class_look:float=0.0, # probability of a class-typical object look (see `clip_params`)
+                       object_scale:float=1.0, background_contrast:float=1.0, distractors:bool=True, # see `render_layers`
                       ) -> dict:
     "Write a motion-classification dataset in the UCF101 layout under `out`; returns a summary."
-    _check_args(classes, per_class, frames, size, seed, workers, scenes, class_look)
+    _check_args(classes, per_class, frames, size, seed, workers, scenes, class_look, object_scale, background_contrast)
+    look = dict(class_look=class_look, object_scale=object_scale, background_contrast=background_contrast, distractors=distractors)
     out, plan = Path(out), dataset_plan(classes, per_class)
     _refuse_foreign_videos(out, plan)
-    jobs = [(out/'videos'/e['path'], seed, e['cls'], e['group'], e['clip'], frames, size, scenes, class_look) for e in plan]
+    jobs = [(out/'videos'/e['path'], seed, e['cls'], e['group'], e['clip'], frames, size, scenes, look) for e in plan]
     if workers == 1: nbytes = [_write_one(j) for j in jobs]
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('fork')) as pool:
             nbytes = list(pool.map(_write_one, jobs, chunksize=4))
     write_split_lists(out/'ucfTrainTestlist', plan)
-    with atomic_open(out/'synth.json') as f: json.dump(_metadata(plan, classes, per_class, frames, size, seed, scenes, class_look), f, indent=1)
+    with atomic_open(out/'synth.json') as f: json.dump(_metadata(plan, classes, per_class, frames, size, seed, scenes, look), f, indent=1)
     files = [out/'ucfTrainTestlist'/n for n in ('classInd.txt', 'trainlist01.txt', 'testlist01.txt')] + [out/'synth.json']
     return dict(out=str(out), classes=classes, videos=len(plan), train=sum(e['split'] == 'train' for e in plan),
                 test=sum(e['split'] == 'test' for e in plan), video_bytes=sum(nbytes),
