@@ -25,7 +25,7 @@ Columns
               the backward nodes those regions created (matched by autograd sequence number); of
               `--profile-steps` profiled steps the one with the least wall time is used (the least disturbed);
               `heads s` is the absolute time (the heads' work does not depend on the backbone or clip size)
-  authors s/step  the same step done the official code's way (spec fgkvmempred-reference §1.1, §1.6, §2.1, §10):
+  authors s/step  the same step done the official code's way (the authors' `slowfast/models/contrastive.py`, `memory_recon.py`):
               for each clip k its own online forward and its own backward; the target forward run clip by
               clip, and the target carrying its own copy of the memory and concept modules, run on the target
               projection (cloned as the fake "target") and randn maps of the last-stage shape; the EMA
@@ -98,7 +98,7 @@ class AuthorsStep:
 
     @torch.no_grad()
     def _target(self, clip):
-        "Target forward of one clip, then its memory/concept copy on fake inputs (spec §2.1): (y, z)."
+        "Target forward of one clip, then its memory/concept copy on fake inputs (as the authors' `memory_recon.py` does): (y, z)."
         tgt = self.learner.target
         maps = tgt.backbone(clip)                                           # (B, C, T', H', W')
         y = maps.flatten(2).mean(-1)                                        # (B, C)

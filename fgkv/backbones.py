@@ -91,7 +91,7 @@ def _stage(block:Callable[[int, int, int], ResBlock], # block(c_in, c_out, strid
 # %% ../nbs/10_backbones.ipynb #56bc2e50
 def init_backbone_weights(module:nn.Module, # initialised in place
                          ) -> nn.Module:
-    "Kaiming-normal (fan_out) for every Conv3d, γ=1 β=0 for every BatchNorm3d (spec §1.4)."
+    "Kaiming-normal (fan_out) for every Conv3d, γ=1 β=0 for every BatchNorm3d (the FGKVMemPred authors' `weight_init_helper.py`)."
     for m in module.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
@@ -145,7 +145,7 @@ def _create_r3d(layers=(2, 2, 2, 2), # blocks per stage
                 width:float=1.0, # channel multiplier
                 s5_variant:str='tclr', # 'tclr' (paper) or 'official' (authors' code): how s5 block 0 is modified
                ) -> VideoBackbone:
-    "R3D with a temporally unstrided, dilated s5 (spec §4.1)."
+    "R3D with a temporally unstrided, dilated s5 (the FGKVMemPred authors' `video_model_builder.py`)."
     _check_args(width, layers, 'r3d18')
     if s5_variant not in ('tclr', 'official'):
         raise ValueError(f"r3d18: s5_variant must be 'tclr' or 'official', got {s5_variant!r}")
@@ -189,7 +189,7 @@ def _r2plus1d_block(c_in:int, c_out:int, stride:int) -> ResBlock:
 def _create_r2plus1d(layers=(1, 1, 1, 1), # blocks per stage
                      width:float=1.0, # channel multiplier
                     ) -> VideoBackbone:
-    "The official code's R(2+1)D (spec §4.2)."
+    "The official code's R(2+1)D (FGKVMemPred's `video_model_builder.py`)."
     _check_args(width, layers, 'r2plus1d18')
     c0, c1, c2, c3, c4 = _channels((64, 64, 128, 256, 512), width)
     stem_mid = (3 * 49 * 3 * c0) // (3 * 49 + 3 * c0)
@@ -217,7 +217,7 @@ def _create_slow(layers=(2, 2, 2, 2), # blocks per stage
                  width:float=1.0, # channel multiplier
                  stem_pool:bool=True, # False: no stem max-pool (the UCF101 pre-training config's r3d_stem)
                 ) -> VideoBackbone:
-    "Slow pathway ResNet with basic blocks (spec §4.3)."
+    "Slow pathway ResNet with basic blocks (FGKVMemPred's `video_model_builder.py`)."
     _check_args(width, layers, 'slow_r18')
     c0, c1, c2, c3, c4 = _channels((64, 64, 128, 256, 512), width)
     stem = _conv_bn(_conv(3, c0, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3)), c0)
@@ -244,7 +244,7 @@ def _r2d3d_block(c_in:int, c_out:int, stride:int, is_3d:bool) -> ResBlock:
 def _create_r2d3d(layers=(2, 2, 2, 2), # blocks per stage
                   width:float=1.0, # channel multiplier
                  ) -> VideoBackbone:
-    "MemDPC's 2D3D-ResNet (MemDPC reference §1.2)."
+    "MemDPC's 2D3D-ResNet (MemDPC §5.2; the authors' `backbone/resnet_2d3d.py`)."
     _check_args(width, layers, 'r2d3d18')
     c0, c1, c2, c3, c4 = _channels((64, 64, 128, 256, 256), width)
     stem = _conv_bn(_conv(3, c0, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3)), c0)

@@ -377,7 +377,7 @@ def map_videos(fn:Callable[[torch.Tensor], torch.Tensor], # (N, 3, T, S, S) clip
 
 # %% ../nbs/21_evaluation.ipynb #3a3f4f78
 def _param_groups(model:nn.Module, weight_decay:float) -> list[dict]:
-    "Weight decay on weight matrices/kernels only; BN parameters and biases get none (spec §6.1)."
+    "Weight decay on weight matrices/kernels only; BN parameters and biases get none (the FGKVMemPred authors' `slowfast/models/optimizer.py`)."
     params = [p for p in model.parameters() if p.requires_grad]
     return [dict(params=[p for p in params if p.dim() > 1], weight_decay=weight_decay),
             dict(params=[p for p in params if p.dim() <= 1], weight_decay=0.0)]

@@ -33,7 +33,7 @@ def param_groups(model:nn.Module,    # the model to optimise (the online learner
 
 # %% ../nbs/16_optim.ipynb #d34f2207
 def _lars_direction(p:torch.Tensor, group:dict) -> torch.Tensor:
-    "The gradient after weight decay and, in LARS groups, the trust-ratio scaling (spec §6.1)."
+    "The gradient after weight decay and, in LARS groups, the trust-ratio scaling (the FGKVMemPred authors' `optimizer.py`)."
     g, wd = p.grad, group['weight_decay']
     if not group['lars']: return g.add(p, alpha=wd) if wd else g
     if p.dim() == 1: return g   # biases: no LARS, no weight decay
@@ -44,7 +44,7 @@ def _lars_direction(p:torch.Tensor, group:dict) -> torch.Tensor:
 
 # %% ../nbs/16_optim.ipynb #1d0c14d0
 class LARS(torch.optim.Optimizer):
-    "Nesterov SGD whose `lars` groups scale each weight's step by its trust ratio, as the FGKVMemPred code does (spec §6.1)."
+    "Nesterov SGD whose `lars` groups scale each weight's step by its trust ratio, as the FGKVMemPred code does (`slowfast/models/optimizer.py`)."
     def __init__(self, params:Iterable,            # parameters, or groups (e.g. from `param_groups`) with optional `lars`/`weight_decay`
                  lr:float,                         # global learning rate (set every iteration by the schedule)
                  momentum:float=0.9,               # SGD momentum (dampening 0)
@@ -95,7 +95,7 @@ def lr_at(it:int,                      # iteration, 0-based
           end_lr:float=0.0,            # η_end, reached at iteration T
           cosine_after_warmup:bool=False # False: the authors' cosine from iteration 0; True: cosine over [W, T]
          ) -> float:
-    "The learning rate of iteration `it`: linear warm-up, then a half-cosine (spec §6.2)."
+    "The learning rate of iteration `it`: linear warm-up, then a half-cosine (the FGKVMemPred authors' `lr_policy.py`)."
     if total_iters <= 0: raise ValueError(f'total_iters={total_iters}: must be > 0')
     longest = total_iters - 1 if cosine_after_warmup else total_iters   # the cosine needs at least one iteration
     if not 0 <= warmup_iters <= longest: raise ValueError(f'warmup_iters={warmup_iters}: must be in [0, {longest}]')
@@ -126,7 +126,7 @@ def ema_momentum_at(it:int,           # iteration, 0-based
                     base:float=0.996, # m at iteration 0
                     final:float=1.0   # m at iteration T
                    ) -> float:
-    "BYOL's momentum m(i) = final − (final − base)(cos(π·i/T) + 1)/2 (spec §1.5)."
+    "BYOL's momentum m(i) = final − (final − base)(cos(π·i/T) + 1)/2 (as in the FGKVMemPred authors' `contrastive.py`)."
     if total_iters <= 0: raise ValueError(f'total_iters={total_iters}: must be > 0')
     if it < 0: raise ValueError(f'it={it}: must be >= 0')
     return final - (final - base) * (math.cos(math.pi * min(it, total_iters) / total_iters) + 1) / 2

@@ -132,7 +132,7 @@ def _expand() -> tuple[PaperResult, ...]:
     for table, rows in _FIG3.items():
         for row, vals in rows.items():
             out += [R(_FG, 'Fig. 3', table, row, 'R3D-18', _UCF1, 'finetune', m, v,
-                      f'R3D-18, {_FG_UCF_PRE}; read off Fig. 3 (a figure: the text prints no value; values as gathered in the reference spec §9)',
+                      f'R3D-18, {_FG_UCF_PRE}; read off Fig. 3 (a figure: the text prints no value; values read off the figure in the PDF of the paper)',
                       figure_only=True) for m, v in zip(('top1', 'top5'), vals)]
     for table, rows in _APPC.items():
         src, other = ('Appendix C, Table 5', 'β = 0.01') if table == 'appC_alpha' else ('Appendix C, Table 6', 'α = 0.01')

@@ -30,7 +30,7 @@ __all__ = ['MEMDPC_WEIGHT_DECAY', 'CHECKPOINT_FORMAT', 'RESUME_FREE_KEYS', 'Mode
            'NonFiniteLossError', 'learning_rate', 'Pretrainer', 'pretrain']
 
 # %% ../nbs/17_trainers.ipynb #a88fb90e
-MEMDPC_WEIGHT_DECAY = 1e-5   # MemDPC's Adam (its spec §4)
+MEMDPC_WEIGHT_DECAY = 1e-5   # MemDPC's Adam (the authors' `memdpc/main.py`)
 
 @dataclass(frozen=True)
 class ModelSpec:

@@ -165,7 +165,7 @@ class PretrainDraw:
 # %% ../nbs/05_transforms.ipynb #b9e95793
 @dataclass(frozen=True)
 class PretrainAugment:
-    "Pre-training clip augmentation (spec §5.3): `aug(clip, generator)` -> (3, T, S, S) float32."
+    "Pre-training clip augmentation (FGKVMemPred authors' `slowfast/datasets/kinetics.py`): `aug(clip, generator)` -> (3, T, S, S) float32."
     crop_size: int = 112                                 # S, output side
     crop_area: tuple[float, float] = (0.2, 0.766)        # random resized crop: area fraction
     crop_aspect: tuple[float, float] = (3/4, 4/3)        # random resized crop: aspect ratio w/h
@@ -248,7 +248,7 @@ def _short_side_size(h:int, w:int, short:int) -> tuple[int, int]:
 # %% ../nbs/05_transforms.ipynb #54471fb1
 @dataclass(frozen=True)
 class TrainAugment:
-    "Downstream training clip augmentation (spec §5.3): `aug(clip, generator)` -> (3, T, S, S) float32."
+    "Downstream training clip augmentation (FGKVMemPred authors' `slowfast/datasets/kinetics.py`): `aug(clip, generator)` -> (3, T, S, S) float32."
     crop_size: int = 112                        # S
     short_side: tuple[int, int] = (128, 160)    # the short side is drawn uniformly from this range (inclusive)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1) # brightness, contrast, saturation, hue

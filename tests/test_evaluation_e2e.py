@@ -15,7 +15,7 @@ OVERRIDES = ['clips.frames=4', 'clips.stride=2', 'clips.crop_size=32', 'downstre
 
 
 def make_checkpoint(path, prefix='online.backbone.', seed=0):
-    "A checkpoint laid out as CONTRACTS.md says: the online learner under `model`, the EMA target apart."
+    "A checkpoint laid out as `fgkv.trainers` saves it: the online learner under `model`, the EMA target apart."
     from fgkv.backbones import create_backbone
     torch.manual_seed(seed)
     online = create_backbone(TINY['name'], **TINY['kwargs'])
