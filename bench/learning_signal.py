@@ -31,16 +31,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from fgkv.config import apply_overrides, from_dict, load_params, Params, to_dict
+from fgkv.config import load_params, Params, to_dict
 from fgkv.datasets import FrameSource, VideoRecord, build_dataset
 from fgkv.evaluation import (VideoClassifier, extract_features, linear_head, random_backbone, train_classifier,
-                             train_head_on_features, train_settings)
+                             train_head_on_features)
 from fgkv.metrics import knn_classify, paired_bootstrap_ci
 from fgkv.models import cosine_momentum
 from fgkv.optim import build_optimizer
 from fgkv.protocols import backbone_spec, protocol_settings
+from fgkv.report import variant_params
 from fgkv.synth import dataset_plan, render_clip
 from fgkv.trainers import GlobalBatchSampler, build_pretrain_model, learning_rate
 from fgkv.video import VideoInfo
@@ -61,10 +61,6 @@ def render_split(params:Params, workers:int=1) -> dict[str, tuple[list[VideoReco
         out[e['split']][0].append(VideoRecord(Path(e['path']), e['label'] - 1, VideoInfo(s.frames, 25.0, s.size, s.size, 0)))
         out[e['split']][1].append(f)
     return out
-
-
-def variant_params(params:Params, overrides) -> Params:
-    return from_dict(Params, apply_overrides(to_dict(params), list(overrides), src='study.variants'), 'study.variants')
 
 
 def features(backbone, params:Params, source:FrameSource, workers:int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +156,7 @@ def main(argv=None):
         results += [dict(seed=seed, method='random', step=0, readout=r, correct=c) for r, c in floor.items()]
         for method in args.methods:
             t = time.time()
-            p = params if method == 'sup' else variant_params(params, params.study.variants[method])
+            p = params if method == 'sup' else variant_params(params, method)
             def evaluate(backbone, step, method=method, p=p):
                 for r, c in read_out(backbone, p, data, args.workers, seed).items():
                     results.append(dict(seed=seed, method=method, step=step, readout=r, correct=c))
@@ -173,25 +169,20 @@ def main(argv=None):
 
     print(f'\nthe ladder ({n_test} test videos; top-1 %, margin over the random floor with its 95 % paired-bootstrap interval)')
     print(f'{"method":>8} {"seed":>4} {"step":>5} {"k-NN":>6} {"margin [95 % CI]":>24} {"linear":>7} {"margin [95 % CI]":>24}')
-    last = {}
-    for r in results: last[r['seed'], r['method'], r['readout']] = r
-    for (seed, method, _), _r in sorted(last.items(), key=lambda kv: (kv[0][1] != 'random', kv[0][1], kv[0][0])):
-        if _ != 'knn': continue
+    final = {}   # (seed, method) -> {readout: the last read-out's row}
+    for r in results: final.setdefault((r['seed'], r['method']), {})[r['readout']] = r
+    for (seed, method), rows in sorted(final.items(), key=lambda kv: (kv[0][1] != 'random', kv[0][1], kv[0][0])):
         cells = []
         for readout in ('knn', 'linear'):
-            r = last[seed, method, readout]
-            ci = paired_bootstrap_ci(r['correct'], floor_of(results, seed, readout), seed=seed)
-            cells.append(f'{r["correct"].mean():6.1f} {ci.estimate:+7.1f} [{ci.low:+6.1f}, {ci.high:+6.1f}]')
-        print(f'{method:>8} {seed:>4} {last[seed, method, "knn"]["step"]:>5} {cells[0]:>31} {cells[1]:>32}')
+            ci = paired_bootstrap_ci(rows[readout]['correct'], final[seed, 'random'][readout]['correct'], seed=seed)
+            cells.append(f'{rows[readout]["correct"].mean():6.1f} {ci.estimate:+7.1f} [{ci.low:+6.1f}, {ci.high:+6.1f}]')
+        print(f'{method:>8} {seed:>4} {rows["knn"]["step"]:>5} {cells[0]:>31} {cells[1]:>32}')
     print(f'total {time.time() - t0:.0f} s')
     if args.json:
         rows = [{**{k: v for k, v in r.items() if k != 'correct'}, 'top1': float(r['correct'].mean()),
                  'correct': (r['correct'] > 0).int().tolist()} for r in results]
         args.json.write_text(json.dumps(dict(params=to_dict(params), args={k: str(v) for k, v in vars(args).items()}, rows=rows)))
 
-
-def floor_of(results, seed, readout):
-    return next(r['correct'] for r in results if r['seed'] == seed and r['method'] == 'random' and r['readout'] == readout)
 
 
 if __name__ == '__main__': main()

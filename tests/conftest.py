@@ -1,10 +1,9 @@
-"Shared pytest setup: the `slow` tier and paths to the shared real data."
+"Shared pytest setup: the repository root and the `slow` tier."
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / 'shared' / 'data' / 'real'
 
 
 def pytest_addoption(parser):
@@ -16,9 +15,3 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason='slow: run with --runslow')
     for item in items:
         if 'slow' in item.keywords: item.add_marker(skip)
-
-
-@pytest.fixture(scope='session')
-def real_data() -> Path:
-    if not REAL.is_dir(): pytest.skip(f'{REAL} (the shared real clips) is not present')
-    return REAL
