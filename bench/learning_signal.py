@@ -10,7 +10,7 @@ Everything else is the study's own code and settings: `fgkv.datasets.build_datas
 variant's overrides of `study.variants` (`model`, `memdpc`), the optimiser, learning-rate schedule and EMA schedule of
 `pretrain` (its `epochs` replaced by `--steps`). Per seed and method the ladder is:
 
-  random   the backbone at its random initialisation (the floor)
+  random   the backbone at its random initialisation (the floor; one per architecture: MemDPC's R-2D3D has its own)
   sup      the same backbone trained from scratch with labels for the same number of steps (`fgkv.evaluation.train_classifier`
            with the fine-tuning augmentation and `evaluate.finetune` settings; the ceiling)
   VARIANT  each `study.variants` entry named in --methods, pre-trained without labels
@@ -18,7 +18,7 @@ variant's overrides of `study.variants` (`model`, `memdpc`), the optimiser, lear
 Read-outs, on each method's backbone features (pooled, averaged over `downstream.retrieval_clips` uniform centre views):
   knn      weighted 20-NN on L2-normalised features (cosine, temperature 0.07), `fgkv.metrics.knn_classify`
   linear   a linear head on standardised features (`evaluate.linear` epochs/batch, lr 0.1), test top-1
-Every method's top-1 is printed with its margin over the random floor of the same seed and a 95 % paired-bootstrap
+Every method's top-1 is printed with its margin over the random floor of its backbone (same seed) and a 95 % paired-bootstrap
 interval over test videos (`fgkv.metrics.paired_bootstrap_ci`); with --eval-every, the margins along training
 (the margin-vs-steps curve). Results belong in bench/README.md with the date and the machine.
 """
@@ -152,14 +152,23 @@ def main(argv=None):
     results = []   # dicts: seed, method, step, readout, top1, correct (list)
 
     for seed in args.seeds:
-        floor = read_out(random_backbone(backbone_spec(params), seed=seed)[0], params, data, args.workers, seed)
-        results += [dict(seed=seed, method='random', step=0, readout=r, correct=c) for r, c in floor.items()]
+        floors = {}   # backbone spec -> (row name, read-outs): each method is compared with its own architecture at random init
+        def floor_of(p, seed=seed):
+            spec = backbone_spec(p)
+            key = json.dumps(spec, sort_keys=True)
+            if key not in floors:
+                name = 'random' if spec == backbone_spec(params) else f'random {spec["name"]}'
+                floors[key] = name, read_out(random_backbone(spec, seed=seed)[0], p, data, args.workers, seed)
+                results.extend(dict(seed=seed, method=name, step=0, readout=r, correct=c, floor=name) for r, c in floors[key][1].items())
+            return floors[key]
+        floor_of(params)
         for method in args.methods:
             t = time.time()
             p = params if method == 'sup' else variant_params(params, method)
+            floor_name, floor = floor_of(p)
             def evaluate(backbone, step, method=method, p=p):
                 for r, c in read_out(backbone, p, data, args.workers, seed).items():
-                    results.append(dict(seed=seed, method=method, step=step, readout=r, correct=c))
+                    results.append(dict(seed=seed, method=method, step=step, readout=r, correct=c, floor=floor_name))
                     ci = paired_bootstrap_ci(c, floor[r], seed=seed)
                     print(f'  seed {seed} {method:>7} step {step:5d} {r:>6}: {c.mean():5.1f} %  '
                           f'margin {ci.estimate:+5.1f} [{ci.low:+5.1f}, {ci.high:+5.1f}]', flush=True)
@@ -168,15 +177,15 @@ def main(argv=None):
             print(f'seed {seed} {method}: final loss {loss:.4f}, {time.time() - t:.0f} s', flush=True)
 
     print(f'\nthe ladder ({n_test} test videos; top-1 %, margin over the random floor with its 95 % paired-bootstrap interval)')
-    print(f'{"method":>8} {"seed":>4} {"step":>5} {"k-NN":>6} {"margin [95 % CI]":>24} {"linear":>7} {"margin [95 % CI]":>24}')
+    print(f'{"method":>16} {"seed":>4} {"step":>5} {"k-NN":>6} {"margin [95 % CI]":>24} {"linear":>7} {"margin [95 % CI]":>24}')
     final = {}   # (seed, method) -> {readout: the last read-out's row}
     for r in results: final.setdefault((r['seed'], r['method']), {})[r['readout']] = r
-    for (seed, method), rows in sorted(final.items(), key=lambda kv: (kv[0][1] != 'random', kv[0][1], kv[0][0])):
+    for (seed, method), rows in sorted(final.items(), key=lambda kv: (not kv[0][1].startswith('random'), kv[0][1], kv[0][0])):
         cells = []
         for readout in ('knn', 'linear'):
-            ci = paired_bootstrap_ci(rows[readout]['correct'], final[seed, 'random'][readout]['correct'], seed=seed)
+            ci = paired_bootstrap_ci(rows[readout]['correct'], final[seed, rows[readout]['floor']][readout]['correct'], seed=seed)
             cells.append(f'{rows[readout]["correct"].mean():6.1f} {ci.estimate:+7.1f} [{ci.low:+6.1f}, {ci.high:+6.1f}]')
-        print(f'{method:>8} {seed:>4} {rows["knn"]["step"]:>5} {cells[0]:>31} {cells[1]:>32}')
+        print(f'{method:>16} {seed:>4} {rows["knn"]["step"]:>5} {cells[0]:>31} {cells[1]:>32}')
     print(f'total {time.time() - t0:.0f} s')
     if args.json:
         rows = [{**{k: v for k, v in r.items() if k != 'correct'}, 'top1': float(r['correct'].mean()),

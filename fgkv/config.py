@@ -101,15 +101,15 @@ class DatasetConfig:
 class SynthConfig:
     "The embedded procedurally generated dataset (`fgkv synth`)."
     classes: int = 8        # number of motion classes
-    per_class: int = 40     # videos per class
+    per_class: int = 180    # videos per class (180: 126 train / 54 test per class)
     frames: int = 48        # frames per video
     size: int = 64          # frame side in pixels
     seed: int = 0
     scenes: int = 3         # appearance segments per video (the motion runs on across the cuts)
-    class_look: float = 0.0 # probability that an object has its class's typical shape and hue (0: the look says nothing)
-    object_scale: float = 1.0 # multiplies the objects' radius (1: radius 10-24 % of the frame side)
-    background_contrast: float = 1.0 # of the background texture (1: as drawn, 0: plain)
-    distractors: bool = True # a static distractor shape in half of the scenes
+    class_look: float = 1.0 # probability that an object has its class's typical shape and hue (0: the look says nothing)
+    object_scale: float = 2.0 # multiplies the objects' radius (1: radius 10-24 % of the frame side)
+    background_contrast: float = 0.15 # of the background texture (1: as drawn, 0: plain)
+    distractors: bool = False # a static distractor shape in half of the scenes
 
 @dataclass(frozen=True)
 class DecodeConfig:
@@ -248,11 +248,13 @@ class ProtocolConfig:
     label_smoothing: float | None = None
     precise_bn_batches: int | None = None
     cache_features: bool | None = None
+    feature_clips: int | None = None
+    standardize: bool | None = None
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     "Downstream evaluation of a pre-trained (or random) backbone."
-    protocols: tuple[Literal['linear', 'nonlinear', 'finetune', 'retrieval', 'data_efficiency'], ...] = ('linear', 'finetune', 'retrieval')
+    protocols: tuple[Literal['knn', 'linear', 'nonlinear', 'finetune', 'retrieval', 'data_efficiency'], ...] = ('knn', 'linear', 'retrieval')
     preset: Literal['paper', 'official'] = 'paper'
     seed: int = 0
     workers: int = 2
@@ -262,9 +264,12 @@ class EvaluateConfig:
     retrieval_ks: tuple[int, ...] = (1, 5, 10, 20, 50)
     efficiency_fractions: tuple[float, ...] = (0.1, 0.2, 0.5, 1.0)
     efficiency_protocol: Literal['linear', 'nonlinear', 'finetune'] = 'finetune'
+    knn_k: int = 20                          # weighted k-NN: neighbours that vote
+    knn_temperature: float = 0.07            # and the temperature of their weights exp(similarity / τ)
     linear: ProtocolConfig = field(default_factory=ProtocolConfig)
     nonlinear: ProtocolConfig = field(default_factory=ProtocolConfig)
     finetune: ProtocolConfig = field(default_factory=ProtocolConfig)
+    supervised: ProtocolConfig = field(default_factory=ProtocolConfig) # the supervised ceiling: the finetune preset, from random init
 
 # %% ../nbs/01_config.ipynb #df10a791
 @dataclass(frozen=True)
@@ -279,7 +284,8 @@ class StudyConfig:
     "The runs of the study pipeline."
     variants: dict[str, tuple[str, ...]] = field(default_factory=dict) # pre-training variant name -> overrides
     ablations: dict[str, AblationConfig] = field(default_factory=dict) # ablation name -> its definition
-    ablation_protocols: tuple[Literal['linear', 'nonlinear', 'finetune', 'retrieval'], ...] = ('linear', 'retrieval')
+    ablation_protocols: tuple[Literal['knn', 'linear', 'nonlinear', 'finetune', 'retrieval'], ...] = ('knn', 'linear', 'retrieval')
+    ablation_schedule: tuple[str, ...] = () # overrides every ablation run applies before its own (say, a shorter schedule)
     dataset_label: str = 'synthetic motion data'  # how the report names the data the numbers come from
     scale_label: str = 'embedded default (CPU)'   # and the scale
 

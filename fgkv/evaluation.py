@@ -26,7 +26,7 @@ from . import distributed as dist
 from .backbones import create_backbone
 from .core import atomic_open, atomic_path, sample_generator, sample_seed
 from .datasets import ClipDataset, FrameSource, VideoRecord, read_manifest
-from .metrics import classification_metrics, confusion_figure, confusion_matrix, per_class_accuracy, retrieval_recall, stable_topk
+from .metrics import classification_metrics, confusion_figure, confusion_matrix, knn_classify, per_class_accuracy, retrieval_recall, stable_topk
 from .optim import lr_at
 from .prepare import MANIFEST_COLUMNS, read_videos_root
 from .transforms import RetrievalTransform, TestViews, TrainAugment
@@ -38,9 +38,9 @@ __all__ = ['CHECKPOINT_FORMAT', 'PROTOCOLS', 'VIDEO_EXTENSIONS', 'LoadReport', '
            'train_settings', 'scheduled_lr', 'smooth_one_hot', 'soft_target_cross_entropy', 'mix_batch',
            'recompute_bn_stats', 'ShardSampler', 'default_device', 'map_videos', 'train_classifier',
            'train_head_on_features', 'TestResult', 'evaluate_classifier', 'save_test_artifacts', 'RandomViews',
-           'random_test_views', 'run_protocol', 'linear_probe', 'nonlinear_probe', 'finetune', 'stratified_subset',
-           'data_efficiency', 'extract_features', 'retrieval', 'list_videos', 'embed', 'save_embeddings',
-           'load_embeddings', 'write_metrics']
+           'random_test_views', 'Standardize', 'run_protocol', 'linear_probe', 'nonlinear_probe', 'finetune',
+           'stratified_subset', 'data_efficiency', 'extract_features', 'retrieval', 'knn_protocol', 'list_videos',
+           'embed', 'save_embeddings', 'load_embeddings', 'write_metrics']
 
 # %% ../nbs/21_evaluation.ipynb #8fdf0ff0
 CHECKPOINT_FORMAT = 'fgkv-checkpoint-v1'
@@ -219,11 +219,13 @@ class TrainSettings:
     switch_prob: float = 0.5        # with both on: probability of CutMix instead of mixup
     label_smoothing: float = 0.0
     precise_bn_batches: int = 0     # recompute BN statistics over this many training batches before testing; 0 = off
-    cache_features: bool = False    # frozen probes: train on cached features of one un-augmented centre view per video
+    cache_features: bool = False    # frozen probes: train on cached features of un-augmented centre views
+    feature_clips: int = 1          # cache_features: uniform centre clips per training video, their features averaged
+    standardize: bool = False       # cache_features: standardise the features with the training set's mean and std
 
     def __post_init__(self):
         bad = lambda k, want: ValueError(f'TrainSettings: {k} must be {want}, got {getattr(self, k)!r}')
-        for k in ('epochs', 'batch_size', 'mlp_hidden'):
+        for k in ('epochs', 'batch_size', 'mlp_hidden', 'feature_clips'):
             if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise bad(k, 'an int >= 1')
         for k in ('lr', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_start_lr', 'end_lr', 'mixup_alpha', 'cutmix_alpha'):
             if not getattr(self, k) >= 0: raise bad(k, '>= 0')
@@ -234,6 +236,8 @@ class TrainSettings:
         if not (isinstance(self.precise_bn_batches, int) and self.precise_bn_batches >= 0): raise bad('precise_bn_batches', 'an int >= 0')
         if self.cache_features and (self.bn_mode == 'train' or self.mixup_alpha or self.cutmix_alpha):
             raise ValueError("TrainSettings: cache_features needs bn_mode='eval' and no mixup/cutmix (the cached features are fixed)")
+        if (self.standardize or self.feature_clips > 1) and not self.cache_features:
+            raise ValueError('TrainSettings: standardize and feature_clips > 1 need cache_features (they describe the cached features)')
 
     @property
     def mixing(self) -> bool: return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
@@ -525,10 +529,10 @@ def random_test_views(test_set:ClipDataset, # a `test`-mode dataset (its clips a
     return out
 
 # %% ../nbs/21_evaluation.ipynb #28ac3ace
-def _cached_features(model:VideoClassifier, train_set, centre_view:RetrievalTransform, batch_size, workers, device):
-    "Features of one un-augmented centre view per training video."
+def _cached_features(model:VideoClassifier, train_set, centre_view:RetrievalTransform, clips:int, batch_size, workers, device):
+    "Features of `clips` uniform un-augmented centre clips per training video, averaged."
     base = train_set.dataset if isinstance(train_set, Subset) else train_set
-    one_view = ClipDataset(base.records, 'retrieval', centre_view, base.frames, base.stride, 1,
+    one_view = ClipDataset(base.records, 'retrieval', centre_view, base.frames, base.stride, clips,
                            short_video=base.short_video, source=base.source)
     if isinstance(train_set, Subset): one_view = Subset(one_view, train_set.indices)
     model.to(device).eval()
@@ -540,6 +544,13 @@ def _centre_view(test_set) -> RetrievalTransform:
     if not isinstance(t, TestViews): raise ValueError('cache_features: pass centre_view, or a test_set with deterministic TestViews to derive it from')
     return RetrievalTransform(t.short_side, t.crop_size, 1, t.mean, t.std)
 
+class Standardize(nn.Module):
+    "A fixed layer `(x - mean) / std`: a frozen probe's features standardised with the training set's statistics."
+    def __init__(self, mean:torch.Tensor, std:torch.Tensor): # (D,), (D,)
+        super().__init__()
+        self.register_buffer('mean', mean.clone()); self.register_buffer('std', std.clamp_min(1e-6))
+    def forward(self, x): return (x - self.mean) / self.std
+
 # %% ../nbs/21_evaluation.ipynb #37503ce2
 def run_protocol(protocol:Literal['linear', 'nonlinear', 'finetune'],
                  backbone:nn.Module,     # the loaded backbone (copied, never modified)
@@ -550,18 +561,20 @@ def run_protocol(protocol:Literal['linear', 'nonlinear', 'finetune'],
                  centre_view:RetrievalTransform|None=None, # cache_features: the un-augmented view (default: from test_set)
                  class_names:list[str]|None=None, out=None, # out: folder for the test artifacts
                  log:Callable[[dict], None]|None=None,
+                 copy_backbone:bool=True, # False: train `backbone` itself (the supervised ceiling keeps it)
                 ) -> dict:
     "Train and test one classifier; returns its metrics."
     if protocol not in PROTOCOLS: raise ValueError(f'run_protocol: protocol must be one of {PROTOCOLS}, got {protocol!r}')
     if s.cache_features and protocol == 'finetune': raise ValueError('run_protocol: cache_features is for frozen probes, not finetune')
     device = torch.device(device or default_device())
     torch.manual_seed(seed)
-    backbone = copy.deepcopy(backbone)
+    if copy_backbone: backbone = copy.deepcopy(backbone)
     head = (mlp_head(backbone.feat_dim, num_classes, s.mlp_hidden, s.dropout) if protocol == 'nonlinear'
             else linear_head(backbone.feat_dim, num_classes, s.dropout))
     model = VideoClassifier(backbone, head, freeze_backbone=protocol != 'finetune', bn_mode=s.bn_mode).to(device)
     if s.cache_features:
-        feats, labels = _cached_features(model, train_set, centre_view or _centre_view(test_set), eval_batch_size, workers, device)
+        feats, labels = _cached_features(model, train_set, centre_view or _centre_view(test_set), s.feature_clips, eval_batch_size, workers, device)
+        if s.standardize: model.head = nn.Sequential(Standardize(feats.mean(0), feats.std(0)), model.head).to(device)   # in the head: test views alike
         stats = train_head_on_features(model.head, feats.to(device), labels.to(device), s, seed, log)
     else: stats = train_classifier(model, train_set, num_classes, s, seed, workers, device, log)
     if s.precise_bn_batches:
@@ -633,6 +646,18 @@ def retrieval(backbone:nn.Module, query_set, gallery_set, # e.g. retrieval-mode 
     gallery, g_labels = extract_features(backbone, gallery_set, batch_size, workers, device)
     return {**retrieval_recall(queries, q_labels, gallery, g_labels, ks, query_chunk, gallery_chunk),
             'num_queries': len(queries), 'num_gallery': len(gallery)}
+
+# %% ../nbs/21_evaluation.ipynb #35cfd025
+def knn_protocol(train_features:torch.Tensor, train_labels:torch.Tensor, # (N, D), (N,): the training videos (the memory)
+                 test_features:torch.Tensor, test_labels:torch.Tensor,   # (M, D), (M,)
+                 num_classes:int, k:int=20, temperature:float=0.07,
+                 class_names:list[str]|None=None, out=None,             # out: folder for the test artifacts
+                ) -> dict:
+    "Weighted k-NN classification of the test videos by the training videos' features; returns its metrics."
+    votes = knn_classify(train_features, train_labels, test_features, num_classes, k, temperature)
+    result = TestResult(votes / votes.sum(1, keepdim=True), test_labels)
+    if out is not None: save_test_artifacts(result, out, class_names)
+    return {**result.metrics(), 'num_train_videos': len(train_features), 'k': k, 'temperature': temperature}
 
 # %% ../nbs/21_evaluation.ipynb #2a890958
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v', '.mpg', '.mpeg')

@@ -9,16 +9,19 @@ import dataclasses
 from pathlib import Path
 
 from . import distributed as dist
-from .config import Params
+from .config import Params, to_dict
+from .core import git_commit
 from .datasets import build_dataset
-from .evaluation import (data_efficiency, embed, load_backbone, random_test_views, retrieval, run_protocol,
-                             save_embeddings, train_settings, write_metrics)
+from .evaluation import (CHECKPOINT_FORMAT, data_efficiency, embed, extract_features, knn_protocol, load_backbone,
+                             random_test_views, retrieval, run_protocol, save_embeddings, train_settings, write_metrics)
+from .metrics import retrieval_recall
 from .models import resolve_preset
 from .prepare import read_videos_root
-from .transforms import TrainAugment
+from .trainers import save_checkpoint
+from .transforms import RetrievalTransform, TrainAugment
 
 # %% auto #0
-__all__ = ['backbone_spec', 'protocol_settings', 'run_evaluation', 'embed_videos']
+__all__ = ['backbone_spec', 'protocol_settings', 'run_evaluation', 'embed_videos', 'train_supervised']
 
 # %% ../nbs/22_protocols.ipynb #83fc0d64
 def backbone_spec(params:Params) -> dict:
@@ -31,8 +34,9 @@ def backbone_spec(params:Params) -> dict:
     return dict(name=name, kwargs=dict(width=width) | ({} if layers is None else dict(layers=list(layers))))
 
 def protocol_settings(params:Params, protocol:str):
-    "`TrainSettings` of `protocol`: the evaluate preset with the params file's overrides."
-    return train_settings(protocol, params.evaluate.preset, **dataclasses.asdict(getattr(params.evaluate, protocol)))
+    "`TrainSettings` of `protocol` ('supervised': the finetune preset): the evaluate preset with the params file's overrides."
+    preset = 'finetune' if protocol == 'supervised' else protocol
+    return train_settings(preset, params.evaluate.preset, **dataclasses.asdict(getattr(params.evaluate, protocol)))
 
 # %% ../nbs/22_protocols.ipynb #31325ab4
 def run_evaluation(params:Params, checkpoint, # a checkpoint path, or 'random'
@@ -48,17 +52,28 @@ def run_evaluation(params:Params, checkpoint, # a checkpoint path, or 'random'
     train_set, test_set = build_dataset(params, 'train', seed=e.seed), build_dataset(params, 'test')
     if e.test_views == 'random': test_set = random_test_views(test_set, TrainAugment.from_config(params), seed=e.seed)
     common = dict(seed=e.seed, workers=e.workers, eval_batch_size=e.eval_batch_size)
+    features = {}   # the retrieval views' features of each split, extracted once for knn and retrieval
+    def retrieval_features(split):
+        if split not in features:
+            source = (train_set if split == 'train' else test_set).source
+            features[split] = extract_features(backbone, build_dataset(params, 'retrieval', source=source), e.eval_batch_size, e.workers)
+        return features[split]
     metrics = {}
     for p in protocols:
-        if p == 'retrieval':
-            queries = test_set if e.retrieval_queries == 'views' else build_dataset(params, 'retrieval', source=test_set.source)
-            gallery = build_dataset(params, 'retrieval', source=train_set.source)
-            m = retrieval(backbone, queries, gallery, e.retrieval_ks, e.eval_batch_size, e.workers)
+        if p == 'knn':
+            m = knn_protocol(*retrieval_features('train'), *retrieval_features('test'), len(classes), e.knn_k, e.knn_temperature,
+                             class_names=classes, out=out/p)
+        elif p == 'retrieval' and e.retrieval_queries == 'clips':
+            (queries, q_labels), (gallery, g_labels) = retrieval_features('test'), retrieval_features('train')
+            m = {**retrieval_recall(queries, q_labels, gallery, g_labels, e.retrieval_ks), 'num_queries': len(queries), 'num_gallery': len(gallery)}
+        elif p == 'retrieval':
+            m = retrieval(backbone, test_set, build_dataset(params, 'retrieval', source=train_set.source), e.retrieval_ks,
+                          e.eval_batch_size, e.workers)
         elif p == 'data_efficiency':
             m = data_efficiency(backbone, train_set, test_set, len(classes), e.efficiency_fractions, e.efficiency_protocol,
                                 protocol_settings(params, e.efficiency_protocol), out=out/p, class_names=classes, **common)
         else: m = run_protocol(p, backbone, train_set, test_set, len(classes), protocol_settings(params, p),
-                               class_names=classes, out=out/p, **common)
+                               centre_view=RetrievalTransform.from_config(params), class_names=classes, out=out/p, **common)
         metrics.update({f'{p}/{k}': v for k, v in m.items()})
     write_metrics(out/'metrics.json', metrics)
     return metrics
@@ -72,3 +87,25 @@ def embed_videos(params:Params, checkpoint, videos, out, batch_size:int=8, worke
                          random_spec=backbone_spec(params))
     save_embeddings(out, paths, feats)
     return Path(out)
+
+# %% ../nbs/22_protocols.ipynb #0fa24fc5
+def train_supervised(params:Params, out, verbose:bool=True) -> dict:
+    "Train the backbone of `params` from scratch with labels; writes out/checkpoint.pt and out/metrics.json, returns the metrics."
+    e, out = params.evaluate, Path(out)
+    dist.init_distributed()
+    spec = backbone_spec(params)
+    backbone, _ = load_backbone('random', random_spec=spec, seed=e.seed, verbose=verbose)
+    classes = (Path(params.dataset.prepared)/'classes.txt').read_text().splitlines()
+    train_set, test_set = build_dataset(params, 'train', seed=e.seed), build_dataset(params, 'test')
+    s = protocol_settings(params, 'supervised')
+    log = (lambda st: print(' '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in st.items()), flush=True)) if verbose else None
+    m = run_protocol('finetune', backbone, train_set, test_set, len(classes), s, seed=e.seed, workers=e.workers,
+                     eval_batch_size=e.eval_batch_size, class_names=classes, out=out/'finetune', log=log, copy_backbone=False)
+    steps = s.epochs * (len(train_set) // s.batch_size)
+    if dist.is_main_process():
+        save_checkpoint(out/'checkpoint.pt', dict(format=CHECKPOINT_FORMAT, kind='supervised', epoch=s.epochs, step=steps,
+                                                  backbone=spec, backbone_prefix='', model=backbone.state_dict(),
+                                                  settings=dataclasses.asdict(s), config=to_dict(params), git_commit=git_commit()))
+    metrics = {f'finetune/{k}': v for k, v in m.items()} | {'steps': steps}
+    write_metrics(out/'metrics.json', metrics)
+    return metrics

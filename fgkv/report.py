@@ -15,16 +15,21 @@ from pathlib import Path
 
 from .config import Params, apply_overrides, from_dict, load_params, to_dict
 from .core import atomic_open, git_commit
+from .metrics import paired_bootstrap_ci, stable_topk
+from .protocols import backbone_spec
 from .study import flatten, metrics_table
 from .trainers import byol_settings
 
+import torch
+
 # %% auto #0
-__all__ = ['PAPER_RESULTS', 'PROTOCOL_NAMES', 'TABLE4_ROWS', 'ABLATION_TABLES', 'PROTOCOL_KEYS', 'ANALYSIS_FIGURES',
-           'PaperResult', 'paper_results', 'paper_value', 'ReportError', 'read_metrics', 'StudyMetrics',
-           'metrics_files', 'read_study_metrics', 'variant_params', 'paper_backbone', 'fmt', 'Citations', 'md_table',
-           'memdpc_paper', 'labels_line', 'table4', 'retrieval_table', 'margins_table', 'AblationTable', 'row_key',
-           'default_row', 'ablation_table', 'ablation_tables', 'FigureSpec', 'study_figures', 'report_checklist',
-           'is_wall_clock', 'without_wall_clock', 'numbers_table', 'paper_results_table', 'write_report']
+__all__ = ['PAPER_RESULTS', 'PROTOCOL_NAMES', 'TABLE4_ROWS', 'LADDER_READOUTS', 'ABLATION_TABLES', 'PROTOCOL_KEYS',
+           'ANALYSIS_FIGURES', 'PaperResult', 'paper_results', 'paper_value', 'ReportError', 'read_metrics',
+           'StudyMetrics', 'metrics_files', 'read_study_metrics', 'variant_params', 'paper_backbone', 'floor_of',
+           'floor_runs', 'fmt', 'Citations', 'md_table', 'memdpc_paper', 'labels_line', 'table4', 'retrieval_table',
+           'per_video_correct', 'ladder_table', 'AblationTable', 'row_key', 'default_row', 'reference_run',
+           'ablation_table', 'ablation_tables', 'FigureSpec', 'study_figures', 'report_checklist', 'is_wall_clock',
+           'without_wall_clock', 'numbers_table', 'paper_results_table', 'write_report']
 
 # %% ../nbs/31_report.ipynb #77132a75
 @dataclass(frozen=True)
@@ -199,7 +204,7 @@ def read_metrics(path, nested:bool=False, # allow nested objects (flattened to '
 @dataclass
 class StudyMetrics:
     "Everything the report reads; None where a file is missing."
-    evaluate: dict[str, dict|None]                          # variant (and 'random') -> evaluate_<variant>.json
+    evaluate: dict[str, dict|None]                          # variant (and 'random', 'supervised') -> evaluate_<variant>.json
     ablations: dict[str, dict|None] = field(default_factory=dict)  # ablation -> ablation_<key>.json
     pretrain: dict[str, dict|None] = field(default_factory=dict)   # variant -> pretrain_<variant>.json
     prepare: dict|None = None                               # prepare.json
@@ -209,7 +214,7 @@ class StudyMetrics:
 def metrics_files(params:Params, reports='reports') -> dict[str, Path]:
     "Every metrics file the report reads: name -> path."
     m = Path(reports)/'metrics'
-    files = {f'evaluate_{v}': m/f'evaluate_{v}.json' for v in [*params.study.variants, 'random']}
+    files = {f'evaluate_{v}': m/f'evaluate_{v}.json' for v in [*params.study.variants, 'random', 'supervised']}
     files |= {f'ablation_{a}': m/f'ablation_{a}.json' for a in params.study.ablations}
     files |= {f'pretrain_{v}': m/f'pretrain_{v}.json' for v in params.study.variants}
     return files | {'prepare': m/'prepare.json', 'analysis': m/'analysis.json'}
@@ -234,6 +239,17 @@ def paper_backbone(params:Params) -> str:
     "The paper's name of the backbone the main variant trains ('R3D-18', 'R(2+1)D' or 'Slow-R18')."
     b = byol_settings(variant_params(params, 'fgkv'))['backbone']
     return 'R(2+1)D' if b.startswith('r2plus1d') else 'Slow-R18' if b.startswith('slow') else 'R3D-18'
+
+def floor_of(params:Params, variant:str) -> str:
+    "Which random-init floor `variant` is compared with: '' (the backbone `params` builds) or the first variant with its backbone."
+    spec = backbone_spec(variant_params(params, variant))
+    if spec == backbone_spec(params): return ''
+    return next(v for v in params.study.variants if backbone_spec(variant_params(params, v)) == spec)
+
+def floor_runs(params:Params) -> dict[str, tuple[str, ...]]:
+    "Every random-init floor of the study, one per backbone of its variants: sub-folder of the floor's evaluation -> overrides."
+    floors = dict.fromkeys(['', *(floor_of(params, v) for v in params.study.variants)])
+    return {f: tuple(params.study.variants[f]) if f else () for f in floors}
 
 # %% ../nbs/31_report.ipynb #4e2b41b2
 def fmt(v, digits:int=2) -> str:
@@ -263,7 +279,7 @@ def md_table(header:list[str], rows:list[list[str]]) -> str:
     return '\n'.join(lines + ['| ' + ' | '.join(map(esc, r)) + ' |' for r in rows])
 
 # %% ../nbs/31_report.ipynb #34292a54
-PROTOCOL_NAMES = {'linear': 'linear probe', 'nonlinear': 'non-linear probe', 'finetune': 'fine-tune', 'retrieval': 'retrieval'}
+PROTOCOL_NAMES = {'knn': 'k-NN', 'linear': 'linear probe', 'nonlinear': 'non-linear probe', 'finetune': 'fine-tune', 'retrieval': 'retrieval'}
 TABLE4_ROWS = {'random': ('—', 'random init (floor)'), 'mlp': ('L_pred', 'MLP (ρBYOL)'), 'kvmem': ('L_mempred', 'KVMemPred'),
                'fgkv': ('L_mempred + L_concept', 'FGKVMemPred'), 'memdpc': ('L_DPC + memory', 'MemDPC')}
 
@@ -339,20 +355,48 @@ def retrieval_table(params:Params, m:StudyMetrics, ks=(1, 5, 10, 20)) -> str:
     return f'{caption}\n\n{md_table(header, rows)}\n\n{cite.notes()}'
 
 # %% ../nbs/31_report.ipynb #b29ee03d
-def margins_table(params:Params, m:StudyMetrics, keys=('linear/top1', 'retrieval/R@1')) -> str:
-    "Each pre-trained variant minus the random floor on `keys` (points)."
-    floor = m.evaluate.get('random') or {}
-    header = ['variant'] + [c for k in keys for c in (k, f'{k} − random')]
-    rows = [['random init (floor)'] + [c for k in keys for c in (fmt(floor.get(k)), '0.00' if floor.get(k) is not None else '—')]]
-    for v in params.study.variants:
-        ours = m.evaluate.get(v) or {}
-        cells = []
-        for k in keys:
-            a, b = ours.get(k), floor.get(k)
-            cells += [fmt(a), '—' if a is None or b is None else f'{a - b:+.2f}']
-        rows.append([TABLE4_ROWS.get(v, ('', v))[1]] + cells)
-    caption = (f'**Margins over the random floor** · each pre-trained variant minus the randomly initialised backbone, in points '
-               f'(percentage points of {", ".join(keys)}). {labels_line(params)}. The papers report no random floor for these protocols.')
+LADDER_READOUTS = ('knn', 'linear')
+
+def per_video_correct(folder) -> torch.Tensor|None:
+    "1.0 / 0.0 per test video (test-set order) from the `scores.pt` a protocol wrote into `folder`; None if there is none."
+    path = Path(folder)/'scores.pt'
+    if not path.exists(): return None
+    try: saved = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e: raise ReportError(f'{path}: not readable ({type(e).__name__}: {e})') from None
+    if not (isinstance(saved, dict) and {'scores', 'labels'} <= set(saved)): raise ReportError(f"{path}: needs 'scores' and 'labels'")
+    return (stable_topk(saved['scores'].float(), 1)[1][:, 0] == saved['labels']).float()
+
+def _ladder_cells(run, floor, readouts, seed):
+    "Top-1 and its margin over `floor` [95 % CI] per read-out (folders of one evaluation each; floor None: the floor itself)."
+    cells = []
+    for r in readouts:
+        a = per_video_correct(Path(run)/r)
+        b = None if floor is None else per_video_correct(Path(floor)/r)
+        if a is None: cells += ['—', '—']; continue
+        if floor is None: cells += [fmt(100 * a.mean().item()), '0 (floor)']; continue
+        if b is None or len(b) != len(a): cells += [fmt(100 * a.mean().item()), '—']; continue
+        ci = paired_bootstrap_ci(100 * a, 100 * b, seed=seed)
+        cells += [fmt(100 * a.mean().item()), f'{ci.estimate:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}]']
+    return cells
+
+def ladder_table(params:Params, reports='reports', readouts=LADDER_READOUTS) -> str:
+    "Random floor(s), every pre-trained variant and the supervised ceiling, with top-1 and margins [95 % CI] per read-out."
+    ev, seed = Path(reports)/'evaluate', params.evaluate.seed
+    name = lambda v: TABLE4_ROWS.get(v, ('', v))[1]
+    rows = [[f'random init (floor{f" of {name(f)}" if f else ""})', backbone_spec(variant_params(params, f))['name'],
+             *_ladder_cells(ev/'random'/f, None, readouts, seed)] for f in floor_runs(params)]
+    rows += [[name(v), backbone_spec(variant_params(params, v))['name'], *_ladder_cells(ev/v, ev/'random'/floor_of(params, v), readouts, seed)]
+             for v in params.study.variants]
+    rows.append(['supervised from scratch (ceiling)', backbone_spec(params)['name'], *_ladder_cells(ev/'supervised', ev/'random', readouts, seed)])
+    n = next((len(c) for r in readouts for c in [per_video_correct(ev/'random'/r)] if c is not None), None)
+    s = params.synth
+    header = ['run', 'backbone', *[c for r in readouts for c in (f'{PROTOCOL_NAMES[r]} top-1', 'margin over its floor [95 % CI]')]]
+    caption = (f'**The learning ladder** · top-1 accuracy (%) on {n or "—"} test videos and margins in points over the random '
+               f'initialisation of the same backbone, with 95 % paired-bootstrap intervals over the test videos. {labels_line(params)}. '
+               f'k-NN: k = {params.evaluate.knn_k}, τ = {params.evaluate.knn_temperature}, cosine similarity of the pooled feature. '
+               f'Synthetic data (`synth` section, when the data are synthetic): class_look = {s.class_look} (the probability that an '
+               f"object carries its class's typical shape and hue), scenes = {s.scenes}, object_scale = {s.object_scale}, "
+               f'background_contrast = {s.background_contrast}, distractors = {s.distractors}.')
     return f'{caption}\n\n{md_table(header, rows)}'
 
 # %% ../nbs/31_report.ipynb #80dde36b
@@ -371,7 +415,7 @@ ABLATION_TABLES = {
     'appC_alpha':    AblationTable('Appendix C · reconstruction weight α', 'FGKVMemPred Appendix C, Table 5 (β = 0.01)', 'α', ('alpha',)),
     'appC_beta':     AblationTable('Appendix C · alignment weight β', 'FGKVMemPred Appendix C, Table 6 (α = 0.01)', 'β', ('beta',)),
 }
-PROTOCOL_KEYS = {'linear': ('linear/top1',), 'nonlinear': ('nonlinear/top1',), 'finetune': ('finetune/top1', 'finetune/top5'),
+PROTOCOL_KEYS = {'knn': ('knn/top1',), 'linear': ('linear/top1',), 'nonlinear': ('nonlinear/top1',), 'finetune': ('finetune/top1', 'finetune/top5'),
                  'retrieval': ('retrieval/R@1',)}
 
 def row_key(row) -> str:
@@ -397,6 +441,10 @@ def default_row(params:Params, table:str) -> str|None:
     vals = tuple(s[k] for k in ABLATION_TABLES[table].settings)
     return row_key(vals if len(vals) > 1 else vals[0])
 
+def reference_run(params:Params) -> str|None:
+    "The ablation whose `table` is 'reference' (the main variant on the ablation schedule: every table's default row), if any."
+    return next((name for name, a in params.study.ablations.items() if a.table == 'reference'), None)
+
 def ablation_table(params:Params, m:StudyMetrics, table:str) -> str:
     "One ablation table (`fig3_slots`, ..., `appC_beta`, or any `table` of `study.ablations`): our runs beside the paper's values."
     spec = ABLATION_TABLES.get(table, AblationTable(f'Ablation table `{table}`', 'not a table of the papers', 'setting', ()))
@@ -406,7 +454,9 @@ def ablation_table(params:Params, m:StudyMetrics, table:str) -> str:
     datasets = {k: list(dict.fromkeys(r.dataset for r in recs if r.key == k)) for k in paper_keys}
     header = [spec.symbol, 'our run'] + [c for k in our_keys for c in [f'ours {k}'] + [f'paper {d.split()[0]} {k}' for d in datasets.get(k, [])]]
     ours = []   # (row key, run label, metrics)
-    if (d := default_row(params, table)) is not None: ours.append((d, 'fgkv (default)', m.evaluate.get('fgkv')))
+    ref = reference_run(params)
+    if (d := default_row(params, table)) is not None:
+        ours.append((d, f'{ref} (default)', m.ablations.get(ref)) if ref else (d, 'fgkv (default)', m.evaluate.get('fgkv')))
     ours += [(row_key(a.row), name, m.ablations.get(name)) for name, a in params.study.ablations.items() if a.table == table]
     cite = Citations()
     lines = []
@@ -419,12 +469,15 @@ def ablation_table(params:Params, m:StudyMetrics, table:str) -> str:
                 cells += [cite(next((r for r in recs if row_key(r.row) == key and r.key == k and r.dataset == d), None)) for d in datasets.get(k, [])]
             lines.append([key, name] + cells)
     caption = (f'**{spec.title}** ({spec.source}). {labels_line(params)}; ablation runs evaluated with '
-               f'{", ".join(PROTOCOL_NAMES[p] for p in params.study.ablation_protocols)}; the default row is the main `fgkv` variant.')
+               f'{", ".join(PROTOCOL_NAMES[p] for p in params.study.ablation_protocols)}; '
+               + (f'every ablation run, the default row included (`{ref}`: the main `fgkv` variant), with '
+                  f'{", ".join(f"`{o}`" for o in params.study.ablation_schedule) or "no overrides"} first (`study.ablation_schedule`).'
+                  if ref else 'the default row is the main `fgkv` variant.'))
     return f'{caption}\n\n{md_table(header, lines)}' + (f'\n\n{cite.notes()}' if cite.keys else '')
 
 def ablation_tables(params:Params, m:StudyMetrics) -> dict[str, str]:
     "Every ablation table: the five of the paper, then any other `table` named in `study.ablations`."
-    names = list(dict.fromkeys([*ABLATION_TABLES, *(a.table for a in params.study.ablations.values())]))
+    names = list(dict.fromkeys([*ABLATION_TABLES, *(a.table for a in params.study.ablations.values() if a.table != 'reference')]))
     return {t: ablation_table(params, m, t) for t in names}
 
 # %% ../nbs/31_report.ipynb #75b8d75f
@@ -456,7 +509,7 @@ def study_figures(params:Params) -> list[FigureSpec]:
 
 def report_checklist(params:Params) -> list[str]:
     "The table and figure names (and figure files) the written report must mention."
-    tables = ['Table 4', 'Tables 2 and 3', 'Margins over the random floor', 'Fig. 3', 'Appendix C']
+    tables = ['Table 4', 'Tables 2 and 3', 'The learning ladder', 'Fig. 3', 'Appendix C']
     return tables + [f.name for f in ANALYSIS_FIGURES] + [f.file for f in study_figures(params)]
 
 # %% ../nbs/31_report.ipynb #07a879c3
@@ -534,7 +587,7 @@ def write_report(params:Params|str|Path, # a `Params`, or the params file
               *[_figure_md(f, reports, out) for f in figs[2:-len(ANALYSIS_FIGURES)]]]
     parts += ['## Table 4: predictors', table4(params, m),
               '## Tables 2 and 3: retrieval', retrieval_table(params, m),
-              '## Margins over the random floor', margins_table(params, m)]
+              '## The learning ladder', ladder_table(params, reports)]
     abl = ablation_tables(params, m)
     parts += ['## Fig. 3: hyper-parameters', *[t for k, t in abl.items() if k.startswith('fig3_')],
               '## Appendix C: loss weights', *[t for k, t in abl.items() if k.startswith('appC_')]]

@@ -19,13 +19,13 @@ __all__ = ['run_overrides', 'set_options', 'launch', 'read_curves', 'flatten', '
 
 # %% ../nbs/32_study.ipynb #ab78ed83
 def run_overrides(params:Params, variant:str|None=None, ablation:str|None=None) -> list[str]:
-    "The overrides of pre-training variant `variant` or of ablation `ablation`."
+    "The overrides of pre-training variant `variant`, or of ablation `ablation` (after `study.ablation_schedule`)."
     if (variant is None) == (ablation is None): raise ValueError('run_overrides: give exactly one of variant and ablation')
     if variant is not None:
         if variant not in params.study.variants: raise ValueError(f"unknown variant {variant!r}; study.variants has {', '.join(params.study.variants)}")
         return list(params.study.variants[variant])
     if ablation not in params.study.ablations: raise ValueError(f"unknown ablation {ablation!r}; study.ablations has {', '.join(params.study.ablations)}")
-    return list(params.study.ablations[ablation].overrides)
+    return [*params.study.ablation_schedule, *params.study.ablations[ablation].overrides]
 
 def set_options(overrides:list[str]) -> list[str]:
     "`--set` options for the `fgkv` command line."

@@ -50,7 +50,7 @@ def micro_params() -> dict:
     p['memdpc'].update(width=0.125, blocks=5, block_frames=2, crop_size=32, pred_steps=2, num_slots=8)
     p['pretrain'].update(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1, max_steps=2)
     p['evaluate'].update(workers=0, eval_batch_size=4, efficiency_fractions=[0.5, 1.0])
-    for proto in ('linear', 'nonlinear', 'finetune'):
+    for proto in ('linear', 'nonlinear', 'finetune', 'supervised'):
         p['evaluate'][proto].update(epochs=1, batch_size=4)
     for name, ablation in p['study']['ablations'].items():
         ablation['overrides'] = [o.replace('=128', '=8') for o in ablation['overrides']]
