@@ -13,10 +13,6 @@ def _env():
     return {**os.environ, 'PATH': f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
 
 
-def _tree(root:Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*')) if p.is_file()}
-
-
 def test_fresh_clone_materialises_data_dvc(tmp_path):
     clone = tmp_path / 'fgkv'
     subprocess.run(['git', 'clone', '--quiet', str(ROOT), str(clone)], check=True)
