@@ -18,7 +18,8 @@ import yaml
 # %% auto #0
 __all__ = ['ConfigError', 'from_dict', 'DatasetConfig', 'SynthConfig', 'DecodeConfig', 'ClipConfig', 'AugmentConfig',
            'DownstreamConfig', 'ModelConfig', 'MemDPCConfig', 'PretrainConfig', 'ProtocolConfig', 'EvaluateConfig',
-           'AblationConfig', 'StudyConfig', 'Params', 'apply_overrides', 'load_params', 'to_dict']
+           'AblationConfig', 'StudyConfig', 'Params', 'apply_overrides', 'load_params', 'to_dict', 'merge_profile',
+           'apply_profile']
 
 # %% ../nbs/01_config.ipynb #23719111
 class ConfigError(ValueError):
@@ -353,3 +354,60 @@ def to_dict(cfg) -> dict:
         if isinstance(v, dict): return {k: plain(x) for k, x in v.items()}
         return v
     return plain(dataclasses.asdict(cfg))
+
+# %% ../nbs/01_config.ipynb #b5a52757
+def merge_profile(base:dict, profile:dict, src:str='<profile>', _at:str='') -> dict:
+    "Return `base` with every leaf of `profile` set in it; a key `base` lacks is an error naming `src`."
+    out = dict(base)
+    for key, value in profile.items():
+        dotted = f"{_at}{key}"
+        if key not in base:
+            raise ConfigError(f"{src}: unknown key '{dotted}'; allowed keys: {', '.join(map(str, base))}")
+        if isinstance(value, dict) and isinstance(base[key], dict) and base[key]:
+            out[key] = merge_profile(base[key], value, src, f"{dotted}.")
+        else: out[key] = value
+    return out
+
+def _read_yaml_mapping(path:Path) -> dict:
+    if not path.is_file(): raise ConfigError(f"{path}: file not found")
+    try: data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict): raise ConfigError(f"{path}: must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+def apply_profile(profile, params='params.yaml') -> list[str]:
+    "Write the overlay `profile` into the params file `params` (validated first, comments kept); return the changed keys."
+    from ruamel.yaml import YAML, CommentedMap, CommentedSeq
+    profile, params = Path(profile), Path(params)
+    overlay, base = _read_yaml_mapping(profile), _read_yaml_mapping(params)
+    merged = merge_profile(base, overlay, str(profile))
+    validated = from_dict(Params, merged, f"{params} with {profile}")
+    _check_run_names(validated.study, str(profile))
+    rt = YAML()
+    rt.width, rt.preserve_quotes = 4096, True
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar('tag:yaml.org,2002:null', 'null'))
+    doc, comments = rt.load(params.read_text()), rt.load(profile.read_text())
+    changed = []
+    def eol_token(node, key):
+        tokens = node.ca.items.get(key) if hasattr(node, 'ca') else None
+        return next((t for t in (tokens or [])[2:3] if t is not None and t.value.strip()), None)
+    def as_node(value):
+        if isinstance(value, list):
+            seq = CommentedSeq(as_node(v) for v in value); seq.fa.set_flow_style(); return seq
+        if isinstance(value, dict): return CommentedMap((k, as_node(v)) for k, v in value.items())
+        return value
+    def write(node, over, over_comments, at=''):
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(node[key], dict) and node[key]:
+                write(node[key], value, over_comments[key], f"{at}{key}."); continue
+            if node[key] == value: continue
+            old, note = eol_token(node, key), eol_token(over_comments, key)
+            node[key] = as_node(value)
+            text = f"# {profile.stem}" + (f": {note.value.strip().splitlines()[0].lstrip('# ')}" if note else '')
+            node.yaml_add_eol_comment(text, key, column=old.column if old else None)
+            changed.append(f"{at}{key}")
+    write(doc, overlay, comments)
+    tmp = params.with_name(f".{params.name}.tmp")
+    with tmp.open('w') as f: rt.dump(doc, f)
+    tmp.replace(params)
+    return changed

@@ -23,13 +23,13 @@ from .trainers import byol_settings
 import torch
 
 # %% auto #0
-__all__ = ['PAPER_RESULTS', 'PROTOCOL_NAMES', 'TABLE4_ROWS', 'LADDER_READOUTS', 'ABLATION_TABLES', 'PROTOCOL_KEYS',
+__all__ = ['PAPER_RESULTS', 'PROTOCOL_NAMES', 'TABLE4_ROWS', 'LADDER_READOUTS', 'PAPER_ORDER', 'ABLATION_TABLES', 'PROTOCOL_KEYS',
            'ANALYSIS_FIGURES', 'PaperResult', 'paper_results', 'paper_value', 'ReportError', 'read_metrics',
            'StudyMetrics', 'metrics_files', 'read_study_metrics', 'variant_params', 'paper_backbone', 'floor_of',
            'floor_runs', 'fmt', 'Citations', 'md_table', 'memdpc_paper', 'labels_line', 'table4', 'retrieval_table',
-           'per_video_correct', 'ladder_table', 'AblationTable', 'row_key', 'default_row', 'reference_run',
-           'ablation_table', 'ablation_tables', 'FigureSpec', 'study_figures', 'report_checklist', 'is_wall_clock',
-           'without_wall_clock', 'numbers_table', 'paper_results_table', 'write_report']
+           'per_video_correct', 'ladder_table', 'paper_ordering', 'AblationTable', 'row_key', 'default_row',
+           'reference_run', 'ablation_table', 'ablation_tables', 'FigureSpec', 'study_figures', 'report_checklist',
+           'is_wall_clock', 'without_wall_clock', 'numbers_table', 'paper_results_table', 'write_report']
 
 # %% ../nbs/31_report.ipynb #77132a75
 @dataclass(frozen=True)
@@ -399,6 +399,29 @@ def ladder_table(params:Params, reports='reports', readouts=LADDER_READOUTS) -> 
                f'background_contrast = {s.background_contrast}, distractors = {s.distractors}.')
     return f'{caption}\n\n{md_table(header, rows)}'
 
+# %% ../nbs/31_report.ipynb #eed1cedf
+PAPER_ORDER = ('fgkv', 'kvmem', 'mlp')   # FGKVMemPred Table 4: FGKVMemPred ≥ KVMemPred ≥ ρBYOL
+
+def paper_ordering(params:Params, reports='reports', readouts=LADDER_READOUTS) -> str:
+    "Whether the variants' top-1 follows FGKVMemPred ≥ KVMemPred ≥ ρBYOL, per read-out, with each difference's 95 % interval."
+    ev, seed = Path(reports)/'evaluate', params.evaluate.seed
+    name = lambda v: TABLE4_ROWS.get(v, ('', v))[1]
+    order = [v for v in PAPER_ORDER if v in params.study.variants]
+    if len(order) < 2: return f"The paper's ordering ({' ≥ '.join(map(name, PAPER_ORDER))}) needs at least two of these variants in `study.variants`."
+    lines = []
+    for r in readouts:
+        correct = {v: per_video_correct(ev/v/r) for v in order}
+        if any(c is None for c in correct.values()): lines.append(f'- {PROTOCOL_NAMES[r]}: not measured'); continue
+        steps = [(a, b, paired_bootstrap_ci(100 * correct[a], 100 * correct[b], seed=seed)) for a, b in zip(order, order[1:])]
+        verdict = ('holds' if all(ci.low > 0 for *_, ci in steps) else
+                   'does not hold' if any(ci.high < 0 for *_, ci in steps) else
+                   'holds in the point estimates, within the noise' if all(ci.estimate >= 0 for *_, ci in steps) else
+                   'is not resolved (the intervals include zero)')
+        diffs = '; '.join(f'{name(a)} − {name(b)} {ci.estimate:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}]' for a, b, ci in steps)
+        lines.append(f'- {PROTOCOL_NAMES[r]}: {verdict} ({diffs} points)')
+    return (f"**The paper's ordering** ({' ≥ '.join(map(name, order))}, FGKVMemPred Table 4) on these runs, each "
+            f"difference with its 95 % paired-bootstrap interval:\n\n" + '\n'.join(lines))
+
 # %% ../nbs/31_report.ipynb #80dde36b
 @dataclass(frozen=True)
 class AblationTable:
@@ -587,7 +610,7 @@ def write_report(params:Params|str|Path, # a `Params`, or the params file
               *[_figure_md(f, reports, out) for f in figs[2:-len(ANALYSIS_FIGURES)]]]
     parts += ['## Table 4: predictors', table4(params, m),
               '## Tables 2 and 3: retrieval', retrieval_table(params, m),
-              '## The learning ladder', ladder_table(params, reports)]
+              '## The learning ladder', ladder_table(params, reports), paper_ordering(params, reports)]
     abl = ablation_tables(params, m)
     parts += ['## Fig. 3: hyper-parameters', *[t for k, t in abl.items() if k.startswith('fig3_')],
               '## Appendix C: loss weights', *[t for k, t in abl.items() if k.startswith('appC_')]]
