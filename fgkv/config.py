@@ -407,6 +407,6 @@ def apply_profile(profile, params='params.yaml') -> list[str]:
             node.yaml_add_eol_comment(text, key, column=old.column if old else None)
             changed.append(f"{at}{key}")
     write(doc, overlay, comments)
-    from .core import atomic_open
+    from fgkv.core import atomic_open
     with atomic_open(params) as f: rt.dump(doc, f)
     return changed
