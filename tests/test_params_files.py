@@ -1,17 +1,29 @@
-"Every params file the project ships is valid, and the paper-scale files say what the paper and the code say."
+"Every params file and profile the project ships is valid, and the paper-scale files say what the paper and the code say."
+import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT
-from fgkv.config import load_params
+from fgkv.config import Params, apply_profile, load_params
 from fgkv.models import resolve_preset
 
 FILES = [ROOT / 'params.yaml', *sorted((ROOT / 'params').glob('*.yaml'))]
 
 
+def complete_params_file(path:Path, tmp_path:Path) -> Path:
+    "`path` itself when it holds every section; a profile (an overlay) applied to a copy of params.yaml otherwise."
+    if set(yaml.safe_load(path.read_text())) >= {f.name for f in dataclasses.fields(Params)}: return path
+    shutil.copy(ROOT / 'params.yaml', tmp_path / 'params.yaml')
+    assert apply_profile(path, tmp_path / 'params.yaml'), f'{path.name} changes nothing'
+    return tmp_path / 'params.yaml'
+
+
 @pytest.mark.parametrize('path', FILES, ids=lambda p: p.name)
-def test_loads_and_every_run_is_valid(path):
+def test_loads_and_every_run_is_valid(path, tmp_path):
+    path = complete_params_file(path, tmp_path)
     params = load_params(path)
     for name, overrides in params.study.variants.items(): load_params(path, list(overrides))
     for name, ablation in params.study.ablations.items(): load_params(path, list(ablation.overrides))
