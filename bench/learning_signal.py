@@ -4,7 +4,9 @@
                                     [--steps 400] [--eval-every 100] [--seeds 0 1] [--workers 1] [--json OUT.json]
 
 The data are the embedded dataset's videos (`fgkv.synth`, the `synth` section: `--set synth.per_class=150`), rendered
-straight into memory (no encoding, no decoding) and split into train/test videos by group as `fgkv synth` splits them.
+straight into memory (no encoding, no decoding) and split into train/test videos by group as `fgkv synth` splits them;
+with `--data prepared`, the study's own prepared dataset instead (`dataset.prepared` manifests, the encoded videos
+decoded once into memory by `FrameSource(cache=True)`), which isolates the input path from everything else.
 Everything else is the study's own code and settings: `fgkv.datasets.build_dataset` over an in-memory `FrameSource`
 (clip sampling and augmentation of `clips`, `augment`, `downstream`), `fgkv.trainers.build_pretrain_model` with the
 variant's overrides of `study.variants` (`model`, `memdpc`), the optimiser, learning-rate schedule and EMA schedule of
@@ -33,7 +35,8 @@ import numpy as np
 import torch
 
 from fgkv.config import load_params, Params, to_dict
-from fgkv.datasets import FrameSource, VideoRecord, build_dataset
+from fgkv.datasets import FrameSource, VideoRecord, build_dataset, read_manifest
+from fgkv.prepare import read_videos_root
 from fgkv.evaluation import (VideoClassifier, extract_features, linear_head, random_backbone, train_classifier,
                              train_head_on_features)
 from fgkv.metrics import knn_classify, paired_bootstrap_ci
@@ -61,6 +64,15 @@ def render_split(params:Params, workers:int=1) -> dict[str, tuple[list[VideoReco
         out[e['split']][0].append(VideoRecord(Path(e['path']), e['label'] - 1, VideoInfo(s.frames, 25.0, s.size, s.size, 0)))
         out[e['split']][1].append(f)
     return out
+
+
+def decode_prepared(params:Params) -> dict[str, FrameSource]:
+    "The study's prepared train/test manifests, every video decoded once into memory."
+    prepared = Path(params.dataset.prepared)
+    if not (prepared/'train.csv').exists(): raise SystemExit(f'--data prepared: {prepared}/train.csv is missing; run `dvc repro prepare` first')
+    root = read_videos_root(prepared)
+    return {split: FrameSource(read_manifest(prepared/f'{split}.csv', root), params.decode.backend, params.decode.threads, cache=True)
+            for split in ('train', 'test')}
 
 
 def features(backbone, params:Params, source:FrameSource, workers:int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,16 +151,19 @@ def main(argv=None):
     ap.add_argument('--eval-every', type=int, default=0)
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     ap.add_argument('--workers', type=int, default=1, help='data-loader workers (the machine has 2 cores)')
+    ap.add_argument('--data', choices=['rendered', 'prepared'], default='rendered',
+                    help="rendered: the synth section's videos rendered into memory; prepared: the study's decoded dataset")
     ap.add_argument('--json', type=Path, help='also write every number here')
     args = ap.parse_args(argv)
     params = load_params(args.params, args.set)
     unknown = [m for m in args.methods if m != 'sup' and m not in params.study.variants]
     if unknown: raise SystemExit(f'--methods: {unknown} are neither sup nor study.variants ({", ".join(params.study.variants)})')
     t0 = time.time()
-    rendered = render_split(params, workers=2)
-    data = {k: FrameSource.from_frames(*v) for k, v in rendered.items()}
-    n_train, n_test = (len(v[0]) for v in rendered.values())
-    print(f'data: {params.synth} -> {n_train} train / {n_test} test videos, rendered in {time.time() - t0:.0f} s', flush=True)
+    if args.data == 'rendered': data = {k: FrameSource.from_frames(*v) for k, v in render_split(params, workers=2).items()}
+    else: data = decode_prepared(params)
+    n_train, n_test = (len(data[k].records) for k in ('train', 'test'))
+    what = params.synth if args.data == 'rendered' else params.dataset.prepared
+    print(f'data ({args.data}): {what} -> {n_train} train / {n_test} test videos, in {time.time() - t0:.0f} s', flush=True)
     results = []   # dicts: seed, method, step, readout, top1, correct (list)
 
     for seed in args.seeds:
