@@ -37,8 +37,8 @@ import torch
 from fgkv.config import load_params, Params, to_dict
 from fgkv.datasets import FrameSource, VideoRecord, build_dataset, read_manifest
 from fgkv.prepare import read_videos_root
-from fgkv.evaluation import (VideoClassifier, extract_features, linear_head, random_backbone, train_classifier,
-                             train_head_on_features)
+from fgkv.checkpoints import random_backbone
+from fgkv.evaluation import (VideoClassifier, extract_features, linear_head, train_classifier, train_head_on_features)
 from fgkv.metrics import knn_classify, paired_bootstrap_ci
 from fgkv.models import cosine_momentum
 from fgkv.optim import build_optimizer

@@ -19,29 +19,13 @@ from torch.utils.data import DataLoader
 from .datasets import clip_indices, uniform_starts
 from .memories import CompressiveMemory, KVMemoryPredictor
 from .metrics import stable_topk
-from .models import BYOLLearner, MemDPC, build_learner, build_memdpc
-from .trainers import load_checkpoint
+from .models import BYOLLearner, MemDPC
 from .transforms import test_views
 
 # %% auto #0
-__all__ = ['load_learner', 'middle_clip_features', 'slot_counts', 'action_given_slot', 'slot_summary', 'slot_class_counts',
-           'slot_figure', 'top_concepts', 'concept_top_clips', 'concept_figure', 'feature_similarity',
-           'similarity_summary', 'similarity_figure', 'tsne', 'memdpc_addressing', 'memory_class_stats',
-           'memdpc_memory_figure']
-
-# %% ../nbs/30_analysis.ipynb #50eec4cc
-def load_learner(checkpoint # a checkpoint path, or a dict from `fgkv.trainers.load_checkpoint`
-                ) -> tuple[nn.Module, str]:
-    "The full pre-training model of `checkpoint` (online + target weights) in eval mode, and its variant name."
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    kind, settings = state.get('kind'), state.get('model_settings')
-    if kind not in ('byol', 'memdpc') or not isinstance(settings, dict):
-        raise ValueError(f"load_learner: {checkpoint if not isinstance(checkpoint, dict) else 'checkpoint'} needs kind 'byol' or 'memdpc' "
-                         f"and a model_settings dict, got kind {kind!r}")
-    learner = build_memdpc(**settings) if kind == 'memdpc' else build_learner(**settings)
-    weights = dict(state['model']) | {f'target.{k}': v for k, v in (state.get('target') or {}).items()}
-    learner.load_state_dict(weights)
-    return learner.eval(), ('memdpc' if kind == 'memdpc' else learner.kind)
+__all__ = ['middle_clip_features', 'slot_counts', 'action_given_slot', 'slot_summary', 'slot_class_counts', 'slot_figure',
+           'top_concepts', 'concept_top_clips', 'concept_figure', 'feature_similarity', 'similarity_summary',
+           'similarity_figure', 'tsne', 'memdpc_addressing', 'memory_class_stats', 'memdpc_memory_figure']
 
 # %% ../nbs/30_analysis.ipynb #6430d2c9
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from . import distributed as dist
-from .backbones import create_backbone
+from .checkpoints import load_backbone
 from .core import atomic_open, atomic_path, sample_generator, sample_seed
 from .datasets import ClipDataset, FrameSource, VideoRecord, read_manifest
 from .metrics import classification_metrics, confusion_figure, confusion_matrix, knn_classify, per_class_accuracy, retrieval_recall, stable_topk
@@ -33,126 +33,13 @@ from .transforms import RetrievalTransform, TestViews, TrainAugment
 from .video import probe_video
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'PROTOCOLS', 'VIDEO_EXTENSIONS', 'LoadReport', 'load_pretrained_backbone', 'random_backbone',
-           'load_backbone', 'pooled_features', 'linear_head', 'mlp_head', 'VideoClassifier', 'TrainSettings',
+__all__ = ['PROTOCOLS', 'VIDEO_EXTENSIONS', 'pooled_features', 'linear_head', 'mlp_head', 'VideoClassifier', 'TrainSettings',
            'train_settings', 'scheduled_lr', 'smooth_one_hot', 'soft_target_cross_entropy', 'mix_batch',
            'recompute_bn_stats', 'ShardSampler', 'default_device', 'map_videos', 'train_classifier',
            'train_head_on_features', 'TestResult', 'evaluate_classifier', 'save_test_artifacts', 'RandomViews',
            'random_test_views', 'Standardize', 'run_protocol', 'linear_probe', 'nonlinear_probe', 'finetune',
            'stratified_subset', 'data_efficiency', 'extract_features', 'retrieval', 'knn_protocol', 'list_videos',
            'embed', 'save_embeddings', 'load_embeddings', 'write_metrics']
-
-# %% ../nbs/21_evaluation.ipynb #8fdf0ff0
-CHECKPOINT_FORMAT = 'fgkv-checkpoint-v1'
-
-@dataclass(frozen=True)
-class LoadReport:
-    "What `load_pretrained_backbone` took from a checkpoint and what it left."
-    source: str                  # the checkpoint path, or 'random'
-    backbone: dict               # {'name': ..., 'kwargs': {...}} as given to `create_backbone`
-    used: tuple[str, ...]        # keys of the checkpoint's `model` loaded into the backbone
-    ignored: tuple[str, ...]     # the other keys of `model` (projector, predictor, memories, ...)
-    target_tensors: int = 0      # tensors of the EMA target network, never loaded
-    kind: str|None = None        # 'byol' or 'memdpc'
-    epoch: int|None = None
-    step: int|None = None
-    prefix: str = 'backbone.'    # the checkpoint's backbone_prefix
-
-    def __str__(self) -> str:
-        b = self.backbone
-        spec = f"{b['name']}({', '.join(f'{k}={v}' for k, v in b.get('kwargs', {}).items())})"
-        if self.source == 'random': return f'backbone {spec}: random initialisation (no checkpoint)'
-        groups, depth = {}, max(1, self.prefix.count('.'))      # group the ignored keys as deep as the prefix goes
-        for k in self.ignored:
-            g = '.'.join(k.split('.')[:depth])
-            groups[g] = groups.get(g, 0) + 1
-        lines = [f'backbone {spec} from {self.source} (kind {self.kind}, epoch {self.epoch}, step {self.step})',
-                 f"  used:    {len(self.used)} tensors of the online backbone ({self.prefix}*)",
-                 f"  ignored: {len(self.ignored)} other tensors of the model: "
-                 + (', '.join(f"{g}{'' if g in self.ignored else '.*'} ({n})" for g, n in groups.items()) or 'none')]
-        if self.target_tensors: lines.append(f'  ignored: the EMA target network ({self.target_tensors} tensors)')
-        return '\n'.join(lines)
-
-# %% ../nbs/21_evaluation.ipynb #30a66015
-def _read_checkpoint(path:Path) -> dict:
-    "The checkpoint dict at `path`, or a clear error naming the file."
-    if not path.is_file(): raise FileNotFoundError(f'{path}: checkpoint not found')
-    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise ValueError(f'{path}: not a readable fgkv checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})') from None
-    if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
-        found = ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f'{path}: not an fgkv checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})')
-    b = ckpt.get('backbone')
-    if not (isinstance(b, dict) and isinstance(b.get('name'), str) and isinstance(b.get('kwargs', {}), dict)):
-        raise ValueError(f"{path}: the checkpoint's 'backbone' entry must be {{'name': str, 'kwargs': dict}}, got {b!r}")
-    if not isinstance(ckpt.get('backbone_prefix'), str) or not isinstance(ckpt.get('model'), dict):
-        raise ValueError(f"{path}: the checkpoint lacks 'backbone_prefix' (str) or 'model' (state dict)")
-    return ckpt
-
-def _check_expected(path, found:dict, expect:str|dict|None):
-    "Raise if the checkpoint's backbone is not the expected one (a name, or {'name', 'kwargs'} to compare)."
-    if expect is None: return
-    expect = {'name': expect} if isinstance(expect, str) else expect
-    want = {'name': expect['name'], **expect.get('kwargs', {})}
-    have = {'name': found['name'], **found.get('kwargs', {})}
-    norm = lambda v: list(v) if isinstance(v, tuple) else v
-    diff = [f'{k}: checkpoint {have.get(k)!r}, expected {v!r}' for k, v in want.items() if norm(have.get(k)) != norm(v)]
-    if diff: raise ValueError(f"{path}: backbone mismatch ({'; '.join(diff)})")
-
-# %% ../nbs/21_evaluation.ipynb #5e529ddb
-def _load_strict(backbone:nn.Module, state:dict, path) -> None:
-    "Load `state` into `backbone`, raising a clear error for missing, unexpected or mis-shaped keys."
-    own = backbone.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(v.shape)}' for k, v in own.items() if k in state and state[k].shape != v.shape]
-    problems = [f'{name}: {", ".join(keys[:5])}{" …" if len(keys) > 5 else ""} ({len(keys)})'
-                for name, keys in (('missing keys', missing), ('unexpected keys', unexpected), ('shape mismatches (checkpoint vs model)', shapes)) if keys]
-    if problems: raise ValueError(f'{path}: the backbone weights do not fit the rebuilt backbone: ' + '; '.join(problems))
-    backbone.load_state_dict(state, strict=True)
-
-def load_pretrained_backbone(path,                     # an fgkv pre-training checkpoint
-                             expect:str|dict|None=None, # required backbone name, or {'name', 'kwargs'} that must match
-                             verbose:bool=True,        # print the report (main process only)
-                            ) -> tuple[nn.Module, LoadReport]:
-    "Rebuild the checkpoint's online backbone and load its weights; the projector, predictor, target network etc. are left out."
-    path = Path(path)
-    ckpt = _read_checkpoint(path)
-    spec, prefix, model = ckpt['backbone'], ckpt['backbone_prefix'], ckpt['model']
-    _check_expected(path, spec, expect)
-    try: backbone = create_backbone(spec['name'], **spec.get('kwargs', {}))
-    except (ValueError, TypeError) as e: raise ValueError(f'{path}: cannot rebuild the backbone: {e}') from None
-    used = tuple(k for k in model if k.startswith(prefix))
-    if not used: raise ValueError(f"{path}: no weights under the backbone prefix {prefix!r} in the checkpoint's model")
-    _load_strict(backbone, {k[len(prefix):]: model[k] for k in used}, path)
-    target = ckpt.get('target') or {}
-    report = LoadReport(str(path), {'name': spec['name'], 'kwargs': dict(spec.get('kwargs', {}))}, used,
-                        tuple(k for k in model if not k.startswith(prefix)), len(target),
-                        ckpt.get('kind'), ckpt.get('epoch'), ckpt.get('step'), prefix)
-    if verbose and dist.is_main_process(): print(report)
-    return backbone, report
-
-# %% ../nbs/21_evaluation.ipynb #a00ca987
-def random_backbone(spec:str|dict,  # a backbone name, or {'name': ..., 'kwargs': {...}}
-                    seed:int=0,
-                   ) -> tuple[nn.Module, LoadReport]:
-    "A freshly initialised backbone (the random-init floor) and its report."
-    spec = {'name': spec, 'kwargs': {}} if isinstance(spec, str) else {'name': spec['name'], 'kwargs': dict(spec.get('kwargs', {}))}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        backbone = create_backbone(spec['name'], **spec['kwargs'])
-    return backbone, LoadReport('random', spec, (), ())
-
-def load_backbone(source,                          # a checkpoint path, or 'random'
-                  random_spec:str|dict|None=None,  # the backbone to initialise when `source` is 'random'
-                  expect:str|dict|None=None, seed:int=0, verbose:bool=True,
-                 ) -> tuple[nn.Module, LoadReport]:
-    "The backbone to evaluate: loaded from a checkpoint, or random (`source='random'`)."
-    if str(source) != 'random': return load_pretrained_backbone(source, expect, verbose)
-    if random_spec is None: raise ValueError("load_backbone: source 'random' needs random_spec (a backbone name or {'name', 'kwargs'})")
-    backbone, report = random_backbone(random_spec, seed)
-    if verbose and dist.is_main_process(): print(report)
-    return backbone, report
 
 # %% ../nbs/21_evaluation.ipynb #0d4753c7
 def pooled_features(backbone:nn.Module, clips:torch.Tensor, # (B, 3, T, H, W)

@@ -12,12 +12,12 @@ from . import distributed as dist
 from .config import Params, to_dict
 from .core import git_commit
 from .datasets import build_dataset
-from .evaluation import (CHECKPOINT_FORMAT, data_efficiency, embed, extract_features, knn_protocol, load_backbone,
-                             random_test_views, retrieval, run_protocol, save_embeddings, train_settings, write_metrics)
+from .checkpoints import CHECKPOINT_FORMAT, load_backbone, save_checkpoint
+from .evaluation import (data_efficiency, embed, extract_features, knn_protocol, random_test_views, retrieval, run_protocol,
+                             save_embeddings, train_settings, write_metrics)
 from .metrics import retrieval_recall
 from .models import resolve_preset
 from .prepare import read_videos_root
-from .trainers import save_checkpoint
 from .transforms import RetrievalTransform, TrainAugment
 
 # %% auto #0

@@ -17,8 +17,9 @@ def run_all(prepared, ckpt):
     "Everything compared between one process and two: returns plain tensors and dicts."
     from fgkv.config import load_params
     from fgkv.datasets import build_dataset
+    from fgkv.checkpoints import load_backbone
     from fgkv.evaluation import (VideoClassifier, evaluate_classifier, extract_features, finetune, linear_head, linear_probe,
-                                 load_backbone, retrieval, train_settings)
+                                 retrieval, train_settings)
     params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={prepared}', *OVERRIDES])
     train, test = build_dataset(params, 'train'), build_dataset(params, 'test')
     query, gallery = build_dataset(params, 'retrieval'), build_dataset(params, 'retrieval', split='train')

@@ -47,7 +47,7 @@ def data(tmp_path_factory):
 
 
 def test_checkpoint_loading_reports_and_rejects(data, capsys):
-    from fgkv.evaluation import load_backbone
+    from fgkv.checkpoints import load_backbone
     backbone, report = load_backbone(data['ckpt'])
     out = capsys.readouterr().out
     assert 'used:    72 tensors of the online backbone (online.backbone.*)' in out, out
@@ -58,7 +58,8 @@ def test_checkpoint_loading_reports_and_rejects(data, capsys):
 
 
 def test_test_views_are_deterministic(data):
-    from fgkv.evaluation import VideoClassifier, evaluate_classifier, linear_head, load_backbone
+    from fgkv.checkpoints import load_backbone
+    from fgkv.evaluation import VideoClassifier, evaluate_classifier, linear_head
     test = data['test']
     assert test[0]['clips'].shape == (30, 3, 4, 32, 32)
     backbone, _ = load_backbone(data['ckpt'], verbose=False)
@@ -70,8 +71,8 @@ def test_test_views_are_deterministic(data):
 
 
 def test_every_protocol_end_to_end(data):
-    from fgkv.evaluation import (finetune, linear_probe, load_backbone, nonlinear_probe, retrieval, train_settings,
-                                 write_metrics)
+    from fgkv.checkpoints import load_backbone
+    from fgkv.evaluation import (finetune, linear_probe, nonlinear_probe, retrieval, train_settings, write_metrics)
     work, classes = data['work'], data['classes']
     backbone, _ = load_backbone(data['ckpt'], verbose=False)
     quick = dict(epochs=2, batch_size=4, lr=0.05)
@@ -105,7 +106,8 @@ def test_every_protocol_end_to_end(data):
 
 
 def test_data_efficiency_end_to_end(data):
-    from fgkv.evaluation import data_efficiency, load_backbone, train_settings
+    from fgkv.checkpoints import load_backbone
+    from fgkv.evaluation import data_efficiency, train_settings
     backbone, _ = load_backbone(data['ckpt'], verbose=False)
     m = data_efficiency(backbone, data['train'], data['test'], 3, fractions=(0.34, 1.0), protocol='finetune',
                         s=train_settings('finetune', epochs=1, batch_size=3, lr=0.05), eval_batch_size=9)
@@ -123,7 +125,8 @@ def test_embed_writes_features(data):
     p2, f2 = load_embeddings(data['work'] / 'emb.pt')
     assert p2 == paths and torch.equal(f2, feats)
     # the same videos through the retrieval dataset give the same features
-    from fgkv.evaluation import extract_features, load_backbone
+    from fgkv.checkpoints import load_backbone
+    from fgkv.evaluation import extract_features
     q, _ = extract_features(load_backbone(data['ckpt'], verbose=False)[0], data['retrieval'])
     first = str(data['retrieval'].records[0].path)
     assert torch.allclose(q[0], feats[paths.index(first)], atol=1e-5)
@@ -134,7 +137,8 @@ def test_loads_a_trainer_checkpoint(data, kind, tmp_path):
     "A checkpoint written by `fgkv.trainers.pretrain` (one step) loads, keeps the online backbone only and retrieves."
     trainers = pytest.importorskip('fgkv.trainers')
     from fgkv.config import load_params
-    from fgkv.evaluation import load_backbone, retrieval
+    from fgkv.checkpoints import load_backbone
+    from fgkv.evaluation import retrieval
     params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={data["work"]}/prepared', *OVERRIDES, 'pretrain.batch_size=4',
                                                 'pretrain.workers=0', f'model.kind={kind}', 'model.width=0.125',
                                                 'memdpc.width=0.125', 'memdpc.crop_size=32', 'memdpc.block_frames=2', 'memdpc.blocks=5'])
