@@ -4,9 +4,11 @@
                                     [--steps 400] [--eval-every 100] [--seeds 0 1] [--workers 1] [--json OUT.json]
 
 The data are the embedded dataset's videos (`fgkv.synth`, the `synth` section: `--set synth.per_class=150`), rendered
-straight into memory (no encoding, no decoding) and split into train/test videos by group as `fgkv synth` splits them;
-with `--data prepared`, the study's own prepared dataset instead (`dataset.prepared` manifests, the encoded videos
-decoded once into memory by `FrameSource(cache=True)`), which isolates the input path from everything else.
+straight into memory (no encoding, no decoding) and split into train/test videos by group as `fgkv synth` splits them.
+With `--encode yuv420p` (or `yuv444p`) each rendered video first makes a round trip through H.264 as `fgkv synth`
+writes it (`fgkv.synth.CRF`, `GOP`), with that chroma sampling. With `--data prepared` the data are the study's own
+prepared dataset instead (`dataset.prepared` manifests, the encoded videos decoded once into memory by
+`FrameSource(cache=True)`), which isolates the input path from everything else.
 Everything else is the study's own code and settings: `fgkv.datasets.build_dataset` over an in-memory `FrameSource`
 (clip sampling and augmentation of `clips`, `augment`, `downstream`), `fgkv.trainers.build_pretrain_model` with the
 variant's overrides of `study.variants` (`model`, `memdpc`), the optimiser, learning-rate schedule and EMA schedule of
@@ -28,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,21 +47,30 @@ from fgkv.models import cosine_momentum
 from fgkv.optim import build_optimizer
 from fgkv.protocols import backbone_spec, protocol_settings
 from fgkv.report import variant_params
-from fgkv.synth import dataset_plan, render_clip
+from fgkv.synth import CRF, FPS, GOP, dataset_plan, render_clip
 from fgkv.trainers import GlobalBatchSampler, build_pretrain_model, learning_rate
-from fgkv.video import VideoInfo
+from fgkv.video import VideoInfo, read_frames, write_video
 
 
-def render_split(params:Params, workers:int=1) -> dict[str, tuple[list[VideoRecord], list[np.ndarray]]]:
-    "The synth section's videos, rendered into memory: {'train': (records, frames), 'test': ...}."
+def render_encoded(pix_fmt:str|None, *job) -> np.ndarray:
+    "One rendered video, through an H.264 round trip with chroma sampling `pix_fmt` unless that is None."
+    frames = render_clip(*job)
+    if pix_fmt is None: return frames
+    with tempfile.TemporaryDirectory() as d:
+        path = write_video(Path(d)/'v.mp4', frames, fps=FPS, crf=CRF, gop=GOP, pix_fmt=pix_fmt)
+        return read_frames(path, range(len(frames))).numpy()
+
+
+def render_split(params:Params, workers:int=1, pix_fmt:str|None=None) -> dict[str, tuple[list[VideoRecord], list[np.ndarray]]]:
+    "The synth section's videos, rendered into memory (`pix_fmt`: through H.264): {'train': (records, frames), 'test': ...}."
     s = params.synth
     plan = dataset_plan(s.classes, s.per_class)
-    jobs = [(s.seed, e['cls'], e['group'], e['clip'], s.frames, s.size, s.scenes, s.class_look, s.object_scale, s.background_contrast,
+    jobs = [(pix_fmt, s.seed, e['cls'], e['group'], e['clip'], s.frames, s.size, s.scenes, s.class_look, s.object_scale, s.background_contrast,
              s.distractors) for e in plan]
     if workers > 1:
         import multiprocessing
-        with multiprocessing.get_context('fork').Pool(workers) as pool: frames = pool.starmap(render_clip, jobs, chunksize=8)
-    else: frames = [render_clip(*j) for j in jobs]
+        with multiprocessing.get_context('fork').Pool(workers) as pool: frames = pool.starmap(render_encoded, jobs, chunksize=8)
+    else: frames = [render_encoded(*j) for j in jobs]
     out = {'train': ([], []), 'test': ([], [])}
     for e, f in zip(plan, frames):
         out[e['split']][0].append(VideoRecord(Path(e['path']), e['label'] - 1, VideoInfo(s.frames, 25.0, s.size, s.size, 0)))
@@ -153,16 +165,18 @@ def main(argv=None):
     ap.add_argument('--workers', type=int, default=1, help='data-loader workers (the machine has 2 cores)')
     ap.add_argument('--data', choices=['rendered', 'prepared'], default='rendered',
                     help="rendered: the synth section's videos rendered into memory; prepared: the study's decoded dataset")
+    ap.add_argument('--encode', choices=['yuv420p', 'yuv444p'], help='rendered data: pass every video through H.264 with this chroma sampling')
     ap.add_argument('--json', type=Path, help='also write every number here')
     args = ap.parse_args(argv)
     params = load_params(args.params, args.set)
     unknown = [m for m in args.methods if m != 'sup' and m not in params.study.variants]
     if unknown: raise SystemExit(f'--methods: {unknown} are neither sup nor study.variants ({", ".join(params.study.variants)})')
     t0 = time.time()
-    if args.data == 'rendered': data = {k: FrameSource.from_frames(*v) for k, v in render_split(params, workers=2).items()}
+    if args.encode and args.data != 'rendered': raise SystemExit('--encode applies to --data rendered only')
+    if args.data == 'rendered': data = {k: FrameSource.from_frames(*v) for k, v in render_split(params, 2, args.encode).items()}
     else: data = decode_prepared(params)
     n_train, n_test = (len(data[k].records) for k in ('train', 'test'))
-    what = params.synth if args.data == 'rendered' else params.dataset.prepared
+    what = f'{params.synth}, H.264 {args.encode or "none"}' if args.data == 'rendered' else params.dataset.prepared
     print(f'data ({args.data}): {what} -> {n_train} train / {n_test} test videos, in {time.time() - t0:.0f} s', flush=True)
     results = []   # dicts: seed, method, step, readout, top1, correct (list)
 

@@ -31,6 +31,7 @@ def write_video(path, # destination (.mp4); written atomically
                 frames, # uint8 frames, (T, H, W, 3) RGB, array or tensor; H and W must be even
                 fps:float=25, crf:int=18, # quality: 0 lossless … 51 worst
                 gop:int=8, # keyframe interval in frames
+                pix_fmt:str='yuv420p', # chroma sampling: 'yuv420p' (what cameras and players use) or 'yuv444p' (full-resolution colour)
                ) -> Path:
     "Encode `frames` as H.264/MP4 at `path`, byte-deterministically."
     frames = np.asarray(frames.numpy() if torch.is_tensor(frames) else frames)
@@ -38,11 +39,12 @@ def write_video(path, # destination (.mp4); written atomically
         raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     t, h, w, _ = frames.shape
     if t == 0 or h % 2 or w % 2: raise ValueError(f"{path}: need at least one frame and even height/width, got {frames.shape}")
+    if pix_fmt not in ('yuv420p', 'yuv444p'): raise ValueError(f"{path}: pix_fmt must be 'yuv420p' or 'yuv444p', got {pix_fmt!r}")
     path = Path(path)
     with atomic_path(path) as tmp:
         with av.open(str(tmp), 'w', format='mp4') as out:
             stream = out.add_stream('libx264', rate=_fraction(fps), options={'crf': str(crf), 'g': str(gop), **X264_OPTIONS})
-            stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
+            stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
             stream.thread_type, stream.codec_context.thread_count = 'NONE', 1
             for i, f in enumerate(frames):
                 frame = av.VideoFrame.from_ndarray(f, format='rgb24')
