@@ -45,7 +45,7 @@ from fgkv.evaluation import (VideoClassifier, extract_features, linear_head, tra
 from fgkv.metrics import knn_classify, paired_bootstrap_ci
 from fgkv.models import cosine_momentum
 from fgkv.optim import build_optimizer
-from fgkv.protocols import backbone_spec, protocol_settings
+from fgkv.protocols import backbone_spec
 from fgkv.report import variant_params
 from fgkv.synth import CRF, FPS, GOP, dataset_plan, render_clip
 from fgkv.trainers import GlobalBatchSampler, build_pretrain_model, learning_rate
@@ -100,7 +100,7 @@ def read_out(backbone, params:Params, data:dict, workers:int, seed:int) -> dict[
     num_classes = int(ytr.max()) + 1
     knn = knn_classify(xtr, ytr, xte, num_classes, k=20, temperature=0.07).argmax(1) == yte
     mean, std = xtr.mean(0), xtr.std(0) + 1e-6
-    s = dataclasses.replace(protocol_settings(params, 'linear'), lr=0.1, warmup_epochs=0.0, dropout=0.0)
+    s = dataclasses.replace(params.evaluate.linear, lr=0.1, warmup_epochs=0.0, dropout=0.0)
     head = linear_head(xtr.shape[1], num_classes)
     torch.manual_seed(seed)
     train_head_on_features(head, (xtr - mean) / std, ytr, s, seed=seed)
@@ -144,7 +144,7 @@ def supervise(params:Params, data:dict, steps:int, seed:int, workers:int, evalua
     torch.manual_seed(seed)
     backbone = random_backbone(backbone_spec(params), seed=seed)[0]
     ds = build_dataset(params, 'train', source=data['train'], seed=seed)
-    s = protocol_settings(params, 'finetune')
+    s = params.evaluate.finetune
     epochs = max(1, round(steps / (len(ds) // s.batch_size)))
     s = dataclasses.replace(s, epochs=epochs, warmup_epochs=min(s.warmup_epochs, epochs), precise_bn_batches=0)
     num_classes = max(r.label for r in data['train'].records) + 1

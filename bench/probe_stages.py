@@ -27,7 +27,7 @@ from fgkv.datasets import build_dataset
 from fgkv.checkpoints import load_backbone
 from fgkv.evaluation import linear_head, map_videos, train_head_on_features
 from fgkv.metrics import retrieval_recall
-from fgkv.protocols import backbone_spec, protocol_settings
+from fgkv.protocols import backbone_spec
 
 
 def colour_histogram(clips, mean, std, bins=4):
@@ -77,7 +77,7 @@ def main():
     params = load_params(args.params, args.set)
     splits = {s: build_dataset(params, 'retrieval', split=s) for s in ('train', 'test')}
     num_classes = len((Path(params.dataset.prepared)/'classes.txt').read_text().splitlines())
-    settings = protocol_settings(params, 'linear')
+    settings = params.evaluate.linear
     print(f"{len(splits['train'])} train / {len(splits['test'])} test videos, {num_classes} classes "
           f"(chance {100/num_classes:.1f} %), {params.downstream.retrieval_clips} views per video")
     print(f"{'features':<40} {'stage':<8} {'linear':>7} {'R@1':>7}")

@@ -3,7 +3,7 @@
     python bench/train_step.py [--batch 2] [--steps 2] [--threads N] [--only NAME ...] [--json FILE]
 
 Rows: the embedded default config of params.yaml (its clips, model and pretrain.batch_size), then every
-FGKVMemPred backbone at the paper's input size with the full FGKV head (N = K = 4096): R3D-18, R3D-18-official
+FGKVMemPred backbone at the paper's input size with the full FGKV head (the preset's N = K = 4096): R3D-18, R3D-18-official
 and R(2+1)D-18 on 16x112x112 clips, Slow-R18 on 8x224x224 clips, two clips per video (rho = 2), at a small
 batch (`--batch`, the paper uses 64). A step is what `fgkv.trainers.Pretrainer` does: forward, one backward,
 a LARS step and the EMA update of the target. Random clips, fp32, CPU.
@@ -35,6 +35,7 @@ Columns
 """
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -48,9 +49,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from fgkv.config import load_params
+from fgkv.config import MODEL_PRESETS, load_params
 from fgkv.losses import prediction_loss
-from fgkv.models import build_learner, resolve_preset
+from fgkv.models import build_learner
 from fgkv.optim import build_optimizer
 from fgkv.trainers import build_pretrain_model
 
@@ -70,10 +71,9 @@ def build_row(name, args):
         learner, spec = build_pretrain_model(params)
         c = params.clips
         return learner, spec.backbone['name'], spec.weight_decay, params.pretrain.batch_size, c.num_clips, c.frames, c.crop_size
-    settings = resolve_preset(args.preset, backbone=name, num_slots=4096, num_concepts=4096)
-    wd = settings.pop('weight_decay')
+    config = dataclasses.replace(MODEL_PRESETS[args.preset], backbone=name)
     frames, crop = PAPER_INPUTS[name]
-    return build_learner(**settings), name, wd, args.batch, 2, frames, crop
+    return build_learner(config), name, config.weight_decay, args.batch, 2, frames, crop
 
 
 # ---------------------------------------------------------------- the two steps
@@ -304,7 +304,7 @@ def main():
     if load0 and load0[0] > 1:
         print(f'warning: load average {load0[0]:.1f} on {os.cpu_count()} cores: other jobs compete for the CPU; '
               f'multi-threaded steps then slow down far more than single-threaded ones (compare --threads 1)')
-    print(f'paper-size rows: preset {args.preset!r}, N = K = 4096, batch {args.batch}; '
+    print(f'paper-size rows: preset {args.preset!r}, N = {MODEL_PRESETS[args.preset].num_slots}, K = {MODEL_PRESETS[args.preset].num_concepts}, batch {args.batch}; '
           f'{args.warmup} warm-up + {args.steps} timed steps per way, {args.profile_steps} profiled')
     rows = []
     for name in names:

@@ -49,7 +49,7 @@ def _channels(base:tuple[int, ...], # channel counts at width 1
 def _check_args(width, layers, name:str):
     "Raise a clear error for a bad `width` or `layers`."
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ValueError(f"{name}: width must be a positive number (1.0 = the reference channels), got {width!r}")
+        raise ValueError(f"{name}: width must be a positive number (1.0 = the published channel counts), got {width!r}")
     if (not isinstance(layers, (list, tuple)) or len(layers) != 4
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in layers)):
         raise ValueError(f"{name}: layers must be 4 positive ints (blocks per stage), got {layers!r}")

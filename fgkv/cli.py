@@ -17,12 +17,12 @@ __all__ = ['OFFICIAL_SPLITS', 'main']
 def _config(args, auto:bool=False # also read ./params.yaml when no --params is given
            ):
     "The run configuration: `--params` (or ./params.yaml with `auto`) or the built-in defaults, with `--set` applied."
-    from fgkv.config import Params, apply_overrides, from_dict, load_params, to_dict
+    from fgkv.config import default_params, load_params
     path = getattr(args, 'params', None)
     if path is None and auto and Path('params.yaml').is_file(): path = Path('params.yaml')
     if path is not None: return load_params(path, args.set or [])
     if auto: print('fgkv: no --params and no ./params.yaml: using the built-in defaults (fgkv.config.Params())', file=sys.stderr)
-    return from_dict(Params, apply_overrides(to_dict(Params()), args.set or [], src='--set'), '--set')
+    return default_params(args.set or [])
 
 def _fill(args, section, names:dict[str, str]):
     "Set each option left unset (`names`: option -> key of `section`) to the section's value."
@@ -219,13 +219,35 @@ def _profile(args):
     print(f"{args.params}: {len(changed)} value(s) set from {args.profile}" + ''.join(f"\n  {k}" for k in changed))
 
 def _add_profile(sub):
-    p = sub.add_parser('profile', help='write a profile (an overlay of params.yaml values) into params.yaml',
-                       description='Set every value of PROFILE (a YAML file with params.yaml sections, holding only what differs) '
-                                   'in the params file, keeping its comments; the merged file is validated first and written '
+    p = sub.add_parser('profile', help='write a profile (params that extend another params file) into params.yaml',
+                       description='Write PROFILE into the params file: a YAML file that starts with `extends: BASE` and holds '
+                                   'only what differs from BASE. Where the chain of `extends` ends at the params file itself '
+                                   'its values are set in place, keeping its comments; otherwise the params file becomes the '
+                                   "chain's base with the overlays applied. The result is validated first and written "
                                    'atomically. `git checkout params.yaml` undoes it.')
-    p.add_argument('profile', type=Path, help='the overlay, e.g. params/cpu-long.yaml')
+    p.add_argument('profile', type=Path, help='the profile, e.g. params/cpu-long.yaml or params/official-ucf101-r3d18.yaml')
     p.add_argument('--params', type=Path, default=Path('params.yaml'), help='the params file to write (default: %(default)s)')
     p.set_defaults(func=_profile)
+
+def _params(args):
+    from fgkv.config import to_dict
+    import yaml
+    params = _config(args, auto=True)
+    if args.variant or args.ablation:
+        from fgkv.study import run_params
+        params = run_params(params, args.variant, args.ablation)
+    print(yaml.safe_dump(to_dict(params), sort_keys=False, allow_unicode=True), end='')
+
+def _add_params(sub):
+    p = sub.add_parser('params', help='print the resolved configuration of a run (every value, presets applied)',
+                       description='Print, as YAML, the configuration that `fgkv pretrain` / `evaluate` would run with: the '
+                                   'params file (or the built-in defaults) with --set applied and the presets resolved; with '
+                                   '--variant or --ablation, that study run\'s overrides applied too.')
+    _add_run_params_options(p)
+    run = p.add_mutually_exclusive_group()
+    run.add_argument('--variant', help='a pre-training variant of study.variants')
+    run.add_argument('--ablation', help='an ablation of study.ablations')
+    p.set_defaults(func=_params)
 
 # %% ../nbs/90_cli.ipynb #11ec4fbf
 def main(argv:list[str]|None=None) -> int:
@@ -233,7 +255,7 @@ def main(argv:list[str]|None=None) -> int:
     from fgkv.config import ConfigError
     parser = argparse.ArgumentParser(prog='fgkv', description='Key-value memory predictors for self-supervised video representation learning.')
     sub = parser.add_subparsers(title='commands', metavar='COMMAND', required=True)
-    for add in (_add_synth, _add_prepare, _add_probe, _add_pretrain, _add_evaluate, _add_supervise, _add_embed, _add_profile): add(sub)
+    for add in (_add_synth, _add_prepare, _add_probe, _add_pretrain, _add_evaluate, _add_supervise, _add_embed, _add_profile, _add_params): add(sub)
     args = parser.parse_args(argv)
     try: return args.func(args) or 0
     # bad inputs (params, annotation files, arguments) end with their message, not a traceback

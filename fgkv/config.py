@@ -5,6 +5,7 @@
 # %% ../nbs/01_config.ipynb #aa69f7c8
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -16,10 +17,11 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 import yaml
 
 # %% auto #0
-__all__ = ['ConfigError', 'from_dict', 'DatasetConfig', 'SynthConfig', 'DecodeConfig', 'ClipConfig', 'AugmentConfig',
-           'DownstreamConfig', 'ModelConfig', 'MemDPCConfig', 'PretrainConfig', 'ProtocolConfig', 'EvaluateConfig',
-           'AblationConfig', 'StudyConfig', 'Params', 'apply_overrides', 'load_params', 'to_dict', 'merge_profile',
-           'apply_profile']
+__all__ = ['MODEL_PRESETS', 'TRAIN_PROTOCOLS', 'PROTOCOL_PRESETS', 'ConfigError', 'from_dict', 'DatasetConfig', 'SynthConfig',
+           'DecodeConfig', 'ClipConfig', 'AugmentConfig', 'DownstreamConfig', 'ModelConfig', 'MemDPCConfig',
+           'PretrainConfig', 'TrainSettings', 'train_settings', 'EvaluateConfig', 'AblationConfig', 'StudyConfig',
+           'Params', 'apply_overrides', 'read_params_file', 'resolve_presets', 'load_params', 'to_dict',
+           'default_params', 'merge_profile', 'apply_profile']
 
 # %% ../nbs/01_config.ipynb #23719111
 class ConfigError(ValueError):
@@ -81,7 +83,9 @@ def from_dict(cls, data:dict, src:str='<dict>', # where `data` came from, for er
     if unknown: raise ConfigError(f"{src}: unknown key '{_join(prefix, unknown[0])}' in {where}; allowed keys: {', '.join(names)}")
     missing = [n for n in names if n not in data]
     if missing: raise ConfigError(f"{src}: missing key '{_join(prefix, missing[0])}' ({_type_name(hints[missing[0]])})")
-    return cls(**{n: _convert(data[n], hints[n], _join(prefix, n), src) for n in names})
+    values = {n: _convert(data[n], hints[n], _join(prefix, n), src) for n in names}
+    try: return cls(**values)
+    except ValueError as e: raise ConfigError(f"{src}: {where}: {e}") from None   # a dataclass' own checks (`__post_init__`)
 
 def _join(prefix, key): return f'{prefix}.{key}' if prefix else str(key)
 
@@ -161,32 +165,38 @@ class DownstreamConfig:
 # %% ../nbs/01_config.ipynb #3531f86e
 @dataclass(frozen=True)
 class ModelConfig:
-    "The BYOL-family pre-training model: a preset plus overrides (null keeps the preset's value)."
+    "The BYOL-family pre-training model; the defaults are the `official` preset (see `MODEL_PRESETS`)."
     kind: Literal['byol', 'memdpc'] = 'byol'
     preset: Literal['paper', 'official'] = 'official'
     predictor: Literal['mlp', 'kvmem', 'fgkv'] = 'fgkv'  # ρBYOL, KVMemPred or FGKVMemPred
-    backbone: str | None = None          # fgkv.backbones name (paper: r3d18, official: r3d18_official)
-    width: float | None = None           # channel multiplier of the backbone
-    layers: tuple[int, ...] | None = None # blocks per stage
-    num_slots: int | None = None         # N, key-value memory slots
-    num_concepts: int | None = None      # K, dictionary concepts
-    scale: float | None = None           # r, cosine scale of the memory read (paper 64, code 16)
-    recon: Literal['l2', 'cosine'] | None = None
-    alpha: float | None = None           # reconstruction weight
-    beta: float | None = None            # alignment weight
-    pred_scale: float | None = None      # prediction-loss factor (paper 1, code 2)
-    tau_s: float | None = None
-    tau_t: float | None = None
-    center_momentum: float | None = None
-    center_sign: Literal['subtract', 'add'] | None = None
-    query_layers: int | None = None
-    query_hidden: int | None = None
-    proj_hidden: int | None = None
-    proj_dim: int | None = None
-    pred_hidden: int | None = None
-    dict_hidden: int | None = None
-    per_view_batchnorm: bool | None = None
-    weight_decay: float | None = None    # optimiser weight decay (paper 1e-4, code 1e-6)
+    backbone: str = 'r3d18_official'     # fgkv.backbones name
+    width: float = 1.0                   # channel multiplier of the backbone
+    layers: tuple[int, ...] | None = None # blocks per stage (null: the backbone's own)
+    num_slots: int = 4096                # N, key-value memory slots
+    num_concepts: int = 4096             # K, dictionary concepts
+    scale: float = 16.0                  # r, cosine scale of the memory read
+    recon: Literal['l2', 'cosine'] = 'cosine'
+    alpha: float = 0.1                   # reconstruction weight
+    beta: float = 0.01                   # alignment weight
+    pred_scale: float = 2.0              # prediction-loss factor
+    tau_s: float = 0.05                  # student / teacher temperatures of the concept codes
+    tau_t: float = 0.05
+    center_momentum: float = 0.9
+    center_sign: Literal['subtract', 'add'] = 'subtract'
+    query_layers: int = 2                # φ: layers and hidden width of the memory query
+    query_hidden: int = 256
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    pred_hidden: int = 4096              # the ρBYOL MLP predictor's hidden width
+    dict_hidden: int = 512
+    per_view_batchnorm: bool = True      # BN statistics per clip view instead of over all views
+    weight_decay: float = 1e-6           # the optimiser's weight decay
+
+MODEL_PRESETS = {
+    'official': ModelConfig(),
+    'paper': ModelConfig(preset='paper', backbone='r3d18', scale=64.0, recon='l2', alpha=0.01, pred_scale=1.0,
+                         per_view_batchnorm=False, weight_decay=1e-4),
+}
 
 @dataclass(frozen=True)
 class MemDPCConfig:
@@ -203,6 +213,7 @@ class MemDPCConfig:
     bidirectional: bool = True
     memory: bool = True          # False: DPC (no memory)
     direction_reduction: Literal['sum', 'mean'] = 'sum'
+    weight_decay: float = 1e-5   # Adam's (the authors' `memdpc/main.py`)
 
 # %% ../nbs/01_config.ipynb #9f572dff
 @dataclass(frozen=True)
@@ -228,30 +239,75 @@ class PretrainConfig:
 
 # %% ../nbs/01_config.ipynb #699ed507
 @dataclass(frozen=True)
-class ProtocolConfig:
-    "Overrides of one downstream protocol's preset (null: the preset's value; see `fgkv.evaluation.TrainSettings`)."
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    nesterov: bool | None = None
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    warmup_start_lr: float | None = None
-    end_lr: float | None = None
-    dropout: float | None = None
-    mlp_hidden: int | None = None
-    bn_mode: Literal['eval', 'train'] | None = None
-    mixup_alpha: float | None = None
-    cutmix_alpha: float | None = None
-    mix_prob: float | None = None
-    switch_prob: float | None = None
-    label_smoothing: float | None = None
-    precise_bn_batches: int | None = None
-    cache_features: bool | None = None
-    feature_clips: int | None = None
-    standardize: bool | None = None
+class TrainSettings:
+    "Hyper-parameters of one supervised downstream run (probe or fine-tuning)."
+    epochs: int = 100
+    batch_size: int = 64            # global batch, split evenly over the processes
+    lr: float = 0.2                 # peak learning rate (no batch-size scaling)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0       # applied to weights with >1 dimension only (not BN, not biases)
+    warmup_epochs: float = 0.0      # linear warm-up from warmup_start_lr to the cosine curve
+    warmup_start_lr: float = 0.0
+    end_lr: float = 0.0             # cosine floor
+    dropout: float = 0.0            # before the classifier (fine-tune 0.5); inside the MLP head for the non-linear probe
+    mlp_hidden: int = 512           # non-linear probe: hidden width
+    bn_mode: Literal['eval', 'train'] = 'eval' # frozen backbones: BN statistics frozen, or adapting (authors)
+    mixup_alpha: float = 0.0        # Beta(α, α) for mixup; 0 = off
+    cutmix_alpha: float = 0.0       # Beta(α, α) for CutMix; 0 = off
+    mix_prob: float = 1.0           # probability that a batch is mixed at all
+    switch_prob: float = 0.5        # with both on: probability of CutMix instead of mixup
+    label_smoothing: float = 0.0
+    precise_bn_batches: int = 0     # recompute BN statistics over this many training batches before testing; 0 = off
+    cache_features: bool = False    # frozen probes: train on cached features of un-augmented centre views
+    feature_clips: int = 1          # cache_features: uniform centre clips per training video, their features averaged
+    standardize: bool = False       # cache_features: standardise the features with the training set's mean and std
 
+    def __post_init__(self):
+        bad = lambda k, want: ValueError(f'TrainSettings: {k} must be {want}, got {getattr(self, k)!r}')
+        for k in ('epochs', 'batch_size', 'mlp_hidden', 'feature_clips'):
+            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise bad(k, 'an int >= 1')
+        for k in ('lr', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_start_lr', 'end_lr', 'mixup_alpha', 'cutmix_alpha'):
+            if not getattr(self, k) >= 0: raise bad(k, '>= 0')
+        for k in ('dropout', 'mix_prob', 'switch_prob', 'label_smoothing'):
+            if not 0 <= getattr(self, k) <= 1: raise bad(k, 'in [0, 1]')
+        if self.warmup_epochs > self.epochs: raise bad('warmup_epochs', f'<= epochs ({self.epochs})')
+        if self.bn_mode not in ('eval', 'train'): raise bad('bn_mode', "'eval' or 'train'")
+        if not (isinstance(self.precise_bn_batches, int) and self.precise_bn_batches >= 0): raise bad('precise_bn_batches', 'an int >= 0')
+        if self.cache_features and (self.bn_mode == 'train' or self.mixup_alpha or self.cutmix_alpha):
+            raise ValueError("TrainSettings: cache_features needs bn_mode='eval' and no mixup/cutmix (the cached features are fixed)")
+        if (self.standardize or self.feature_clips > 1) and not self.cache_features:
+            raise ValueError('TrainSettings: standardize and feature_clips > 1 need cache_features (they describe the cached features)')
+
+    @property
+    def mixing(self) -> bool: return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+# %% ../nbs/01_config.ipynb #dde72277
+TRAIN_PROTOCOLS = ('linear', 'nonlinear', 'finetune')
+
+PROTOCOL_PRESETS = {
+    ('linear', 'paper'): TrainSettings(),
+    ('linear', 'official'): TrainSettings(batch_size=32, lr=0.1, nesterov=True, warmup_epochs=5, warmup_start_lr=1e-4, bn_mode='train'),
+    ('finetune', 'paper'): TrainSettings(epochs=200, dropout=0.5),
+    ('finetune', 'official'): TrainSettings(epochs=200, batch_size=32, nesterov=True, warmup_epochs=5, warmup_start_lr=1e-3,
+                                            dropout=0.5, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1,
+                                            precise_bn_batches=200),
+}
+for _preset in ('paper', 'official'):   # the non-linear probe is the linear one with the MLP head's dropout
+    PROTOCOL_PRESETS['nonlinear', _preset] = dataclasses.replace(PROTOCOL_PRESETS['linear', _preset], dropout=0.5)
+
+def train_settings(protocol:str,          # 'linear', 'nonlinear' or 'finetune'
+                   preset:str='paper',    # 'paper' or 'official'
+                   **changes,             # any `TrainSettings` field
+                  ) -> TrainSettings:
+    "The preset settings of a protocol, with `changes` applied."
+    if (protocol, preset) not in PROTOCOL_PRESETS:
+        raise ValueError(f"train_settings: protocol must be one of {TRAIN_PROTOCOLS} and preset 'paper' or 'official', got {protocol!r}, {preset!r}")
+    unknown = set(changes) - set(TrainSettings.__dataclass_fields__)
+    if unknown: raise ValueError(f'train_settings: unknown settings {sorted(unknown)}; allowed: {sorted(TrainSettings.__dataclass_fields__)}')
+    return dataclasses.replace(PROTOCOL_PRESETS[protocol, preset], **changes)
+
+# %% ../nbs/01_config.ipynb #81e935c7
 @dataclass(frozen=True)
 class EvaluateConfig:
     "Downstream evaluation of a pre-trained (or random) backbone."
@@ -267,10 +323,10 @@ class EvaluateConfig:
     efficiency_protocol: Literal['linear', 'nonlinear', 'finetune'] = 'finetune'
     knn_k: int = 20                          # weighted k-NN: neighbours that vote
     knn_temperature: float = 0.07            # and the temperature of their weights exp(similarity / τ)
-    linear: ProtocolConfig = field(default_factory=ProtocolConfig)
-    nonlinear: ProtocolConfig = field(default_factory=ProtocolConfig)
-    finetune: ProtocolConfig = field(default_factory=ProtocolConfig)
-    supervised: ProtocolConfig = field(default_factory=ProtocolConfig) # the supervised ceiling: the finetune preset, from random init
+    linear: TrainSettings = PROTOCOL_PRESETS['linear', 'paper']
+    nonlinear: TrainSettings = PROTOCOL_PRESETS['nonlinear', 'paper']
+    finetune: TrainSettings = PROTOCOL_PRESETS['finetune', 'paper']
+    supervised: TrainSettings = PROTOCOL_PRESETS['finetune', 'paper'] # the supervised ceiling: fine-tuning from random init
 
 # %% ../nbs/01_config.ipynb #df10a791
 @dataclass(frozen=True)
@@ -307,44 +363,115 @@ class Params:
     study: StudyConfig = field(default_factory=StudyConfig)
 
 # %% ../nbs/01_config.ipynb #377fc4a5
-def apply_overrides(data:dict, overrides:list[str]|tuple[str, ...]=(), src:str='<overrides>') -> dict:
-    "Return a copy of `data` with each `section.key=value` override applied (value parsed as YAML)."
-    import copy
+def _section_type(cls, dotted:list[str], src:str, what:str=''):
+    "The annotation of the dotted key path `dotted` in the dataclass `cls`, or a `ConfigError` naming `src` and `what`."
+    src = f'{src}: {what}' if what else src
+    tp = cls
+    for i, key in enumerate(dotted):
+        if is_dataclass(tp):
+            hints = get_type_hints(tp)
+            if key not in hints:
+                if i == 0 and len(dotted) > 1: raise ConfigError(f"{src}: '{key}' is not a section of the params file")
+                raise ConfigError(f"{src}: unknown key '{'.'.join(dotted)}'; allowed keys: {', '.join(hints)}")
+            tp = hints[key]
+        elif get_origin(tp) is dict: tp = get_args(tp)[1]
+        else: raise ConfigError(f"{src}: '{'.'.join(dotted[:i])}' is not a section of the params file")
+    return tp
+
+def apply_overrides(data:dict, overrides:list[str]|tuple[str, ...]=(), src:str='<overrides>', cls=Params) -> dict:
+    "Return a copy of `data` with each `section.key=value` override applied (value parsed as YAML; keys checked against `cls`)."
     data = copy.deepcopy(data)
     for o in overrides:
         if '=' not in o: raise ConfigError(f"{src}: override {o!r} must look like section.key=value")
         key, raw = o.split('=', 1)
         *parents, leaf = key.strip().split('.')
+        _section_type(cls, [*parents, leaf], src, f'override {o!r}')
         node = data
-        for i, p in enumerate(parents):
-            if not isinstance(node.get(p), dict):
-                raise ConfigError(f"{src}: override {o!r}: '{'.'.join(parents[:i+1])}' is not a section of the params file")
-            node = node[p]
-        if leaf not in node: raise ConfigError(f"{src}: override {o!r}: unknown key '{key}'; allowed keys: {', '.join(node)}")
+        for p in parents: node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(raw)
     return data
 
+# %% ../nbs/01_config.ipynb #e7348f94
+def _extends_chain(path:Path) -> list[tuple[Path, dict]]:
+    "[(file, its mapping without `extends`)] from the complete params file at the base to `path`."
+    chain, seen = [], []
+    while True:
+        if path.resolve() in seen: raise ConfigError(f"{path}: 'extends' loops back to a file already read: {' -> '.join(map(str, seen))}")
+        seen.append(path.resolve())
+        if not path.is_file(): raise ConfigError(f"{path}: params file not found" + (f" (extended by {chain[0][0]})" if chain else ''))
+        try: data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict): raise ConfigError(f"{path}: must hold a mapping of sections, got {type(data).__name__}")
+        base = data.pop('extends', None)
+        chain.insert(0, (path, data))
+        if base is None: return chain
+        if not isinstance(base, str): raise ConfigError(f"{path}: key 'extends' must be a path (str), got {base!r}")
+        path = path.parent/base
+
+def read_params_file(path) -> dict:
+    "The mapping a params file holds, with its `extends` chain merged in (the base first)."
+    (_, merged), *overlays = _extends_chain(Path(path))
+    for src, data in overlays: merged = merge_profile(merged, data, str(src))
+    return merged
+
+def resolve_presets(data:dict, src:str='<dict>') -> dict:
+    "Fill `model` and the protocol blocks of `evaluate` from their presets: a key the mapping leaves out takes the preset's value."
+    data = copy.deepcopy(data)
+    model = data.get('model')
+    if isinstance(model, dict):
+        preset = model.get('preset', ModelConfig.preset)
+        if preset not in MODEL_PRESETS: raise ConfigError(f"{src}: key 'model.preset' must be one of {tuple(MODEL_PRESETS)}, got {preset!r}")
+        _refuse_nulls(model, ModelConfig, 'model', src)
+        resolved = to_dict(MODEL_PRESETS[preset])
+        dataset = (data.get('dataset') or {}).get('name')
+        if preset == 'official' and 'num_slots' not in model and model.get('backbone', resolved['backbone']) == 'r2plus1d18' and dataset == 'ucf101':
+            resolved['num_slots'] = 2048   # the authors' UCF101 R(2+1)D config
+        data['model'] = resolved | model
+    evaluate = data.get('evaluate')
+    if isinstance(evaluate, dict):
+        preset = evaluate.get('preset', EvaluateConfig.preset)
+        if preset not in ('paper', 'official'): raise ConfigError(f"{src}: key 'evaluate.preset' must be 'paper' or 'official', got {preset!r}")
+        for protocol in (*TRAIN_PROTOCOLS, 'supervised'):
+            block = evaluate.get(protocol) or {}
+            if not isinstance(block, dict): continue   # from_dict names the key and the type
+            _refuse_nulls(block, TrainSettings, f'evaluate.{protocol}', src)
+            base = PROTOCOL_PRESETS['finetune' if protocol == 'supervised' else protocol, preset]
+            evaluate[protocol] = to_dict(base) | block
+    return data
+
+def _refuse_nulls(block:dict, cls, at:str, src:str):
+    "A preset section's null used to mean 'the preset's value'; now the key is left out, so a null is a mistake worth naming."
+    hints = get_type_hints(cls)
+    for key, value in block.items():
+        if value is None and key in hints and type(None) not in get_args(hints[key]):
+            raise ConfigError(f"{src}: key '{at}.{key}' is null: leave the key out to take the preset's value")
+
+_PRESET_KEYS = ('model.preset', 'evaluate.preset')
+
 def load_params(path='params.yaml', overrides:list[str]|tuple[str, ...]=(), cls=Params):
-    "Load, override and validate `path` into `cls` (default `Params`)."
+    "The resolved run configuration of the params file `path` with `overrides` applied (default `cls`: `Params`)."
     path = Path(path)
-    if not path.is_file(): raise ConfigError(f"{path}: params file not found")
-    try: data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict): raise ConfigError(f"{path}: must hold a mapping of sections, got {type(data).__name__}")
-    data = apply_overrides(data, overrides, src=str(path))
-    params = from_dict(cls, data, str(path))
-    if isinstance(params, Params): _check_run_names(params.study, str(path))
+    data = apply_overrides(read_params_file(path), overrides, src=str(path), cls=cls)
+    params = from_dict(cls, resolve_presets(data, str(path)), str(path))
+    if isinstance(params, Params): _check_study(params.study, str(path))
     return params
 
 _RUN_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
 
-def _check_run_names(study:StudyConfig, src:str):
-    "Variant and ablation names become DVC stage keys, params paths and folder names."
+def _check_study(study:StudyConfig, src:str):
+    "Run names become DVC stage keys, params paths and folder names; study overrides may not switch a preset."
     for section in ('variants', 'ablations'):
         for name in getattr(study, section):
             if not _RUN_NAME.match(name):
                 raise ConfigError(f"{src}: key 'study.{section}.{name}': a run name may hold only letters, digits, '_' and '-' "
                                   f"(DVC reads a '.' in a params path as nesting)")
+    runs = {**{f'study.variants.{k}': v for k, v in study.variants.items()},
+            **{f'study.ablations.{k}.overrides': a.overrides for k, a in study.ablations.items()},
+            'study.ablation_schedule': study.ablation_schedule}
+    for at, overrides in runs.items():
+        for o in overrides:
+            if o.split('=', 1)[0].strip() in _PRESET_KEYS:
+                raise ConfigError(f"{src}: key '{at}': {o!r} switches a preset inside the study; use a params file of its own for it")
 
 # %% ../nbs/01_config.ipynb #e3d383e0
 def to_dict(cfg) -> dict:
@@ -355,38 +482,43 @@ def to_dict(cfg) -> dict:
         return v
     return plain(dataclasses.asdict(cfg))
 
+# %% ../nbs/01_config.ipynb #4b72b66e
+def default_params(overrides:list[str]|tuple[str, ...]=(), src:str='--set') -> Params:
+    "The built-in defaults (`Params()`) with `overrides` applied, the presets resolved after them."
+    data = to_dict(Params())
+    data['model'] = {}   # every model and protocol key from its preset, so that an override of the preset takes effect
+    data['evaluate'].update({p: {} for p in (*TRAIN_PROTOCOLS, 'supervised')})
+    return from_dict(Params, resolve_presets(apply_overrides(data, overrides, src), src), src)
+
 # %% ../nbs/01_config.ipynb #b5a52757
-def merge_profile(base:dict, profile:dict, src:str='<profile>', _at:str='') -> dict:
-    "Return `base` with every leaf of `profile` set in it; a key `base` lacks is an error naming `src`."
+def merge_profile(base:dict, profile:dict, src:str='<profile>', cls=Params, _at:tuple=()) -> dict:
+    "Return `base` with every leaf of `profile` set in it; a key `cls` does not define is an error naming `src`."
     out = dict(base)
     for key, value in profile.items():
-        dotted = f"{_at}{key}"
-        if key not in base:
-            raise ConfigError(f"{src}: unknown key '{dotted}'; allowed keys: {', '.join(map(str, base))}")
-        if isinstance(value, dict) and isinstance(base[key], dict) and base[key]:
-            out[key] = merge_profile(base[key], value, src, f"{dotted}.")
+        at = (*_at, str(key))
+        if key not in base: _section_type(cls, list(at), src)
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and base[key]:
+            out[key] = merge_profile(base[key], value, src, cls, at)
         else: out[key] = value
     return out
 
-def _read_yaml_mapping(path:Path) -> dict:
-    if not path.is_file(): raise ConfigError(f"{path}: file not found")
-    try: data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict): raise ConfigError(f"{path}: must hold a mapping of sections, got {type(data).__name__}")
-    return data
+def _flat(d:dict, at='') -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f'{at}{k}.').items() if isinstance(v, dict) and v else [(f'{at}{k}', v)])}
 
 def apply_profile(profile, params='params.yaml') -> list[str]:
-    "Write the overlay `profile` into the params file `params` (validated first, comments kept); return the changed keys."
+    "Write the profile `profile` into the params file `params` (validated first, comments kept); return the changed keys."
     from ruamel.yaml import YAML, CommentedMap, CommentedSeq
+    from fgkv.core import atomic_open
     profile, params = Path(profile), Path(params)
-    overlay, base = _read_yaml_mapping(profile), _read_yaml_mapping(params)
-    merged = merge_profile(base, overlay, str(profile))
-    validated = from_dict(Params, merged, f"{params} with {profile}")
-    _check_run_names(validated.study, str(profile))
+    (root, _), *overlays = chain = _extends_chain(profile)
+    in_place = root.resolve() == params.resolve()
+    merged = read_params_file(profile)
+    _check_study(from_dict(Params, resolve_presets(merged, f"{params} with {profile}"), f"{params} with {profile}").study, str(profile))
     rt = YAML()
     rt.width, rt.preserve_quotes = 4096, True
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar('tag:yaml.org,2002:null', 'null'))
-    doc, comments = rt.load(params.read_text()), rt.load(profile.read_text())
+    doc = rt.load(root.read_text())
+    doc.pop('extends', None)
     changed = []
     def eol_token(node, key):
         tokens = node.ca.items.get(key) if hasattr(node, 'ca') else None
@@ -396,17 +528,22 @@ def apply_profile(profile, params='params.yaml') -> list[str]:
             seq = CommentedSeq(as_node(v) for v in value); seq.fa.set_flow_style(); return seq
         if isinstance(value, dict): return CommentedMap((k, as_node(v)) for k, v in value.items())
         return value
-    def write(node, over, over_comments, at=''):
+    def write(node, over, over_comments, name, at=''):
         for key, value in over.items():
-            if isinstance(value, dict) and isinstance(node[key], dict) and node[key]:
-                write(node[key], value, over_comments[key], f"{at}{key}."); continue
-            if node[key] == value: continue
-            old, note = eol_token(node, key), eol_token(over_comments, key)
+            if key == 'extends': continue
+            if isinstance(value, dict) and isinstance(node.get(key), dict) and node[key]:
+                write(node[key], value, over_comments[key], name, f"{at}{key}."); continue
+            if key in node and node[key] == value: continue
+            old, note = eol_token(node, key) if key in node else None, eol_token(over_comments, key)
             node[key] = as_node(value)
-            text = f"# {profile.stem}" + (f": {note.value.strip().splitlines()[0].lstrip('# ')}" if note else '')
+            text = f"# {name}" + (f": {note.value.strip().splitlines()[0].lstrip('# ')}" if note else '')
             node.yaml_add_eol_comment(text, key, column=old.column if old else None)
             changed.append(f"{at}{key}")
-    write(doc, overlay, comments)
-    from fgkv.core import atomic_open
+    for path, _ in overlays: write(doc, rt.load(path.read_text()), rt.load(path.read_text()), path.stem)
+    if not in_place:
+        before = _flat(read_params_file(params)) if params.is_file() else {}
+        changed = sorted(k for k in set(before) | set(_flat(merged)) if before.get(k, ...) != _flat(merged).get(k, ...))
+        doc.yaml_set_start_comment(f"Written by `fgkv profile {profile}` from {root}" + ''.join(f" + {p}" for p, _ in overlays)
+                                   + f"; `git checkout {params.name}` restores the embedded study.")
     with atomic_open(params) as f: rt.dump(doc, f)
     return changed

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 
 from . import distributed as dist
 from .checkpoints import load_backbone
+from .config import TRAIN_PROTOCOLS, TrainSettings, train_settings
 from .core import atomic_open, atomic_path, sample_generator, sample_seed
 from .datasets import ClipDataset, FrameSource, VideoRecord, read_manifest
 from .metrics import classification_metrics, confusion_figure, confusion_matrix, knn_classify, per_class_accuracy, retrieval_recall, stable_topk
@@ -33,13 +34,12 @@ from .transforms import RetrievalTransform, TestViews, TrainAugment
 from .video import probe_video
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'VIDEO_EXTENSIONS', 'pooled_features', 'linear_head', 'mlp_head', 'VideoClassifier', 'TrainSettings',
-           'train_settings', 'scheduled_lr', 'smooth_one_hot', 'soft_target_cross_entropy', 'mix_batch',
-           'recompute_bn_stats', 'ShardSampler', 'default_device', 'map_videos', 'train_classifier',
-           'train_head_on_features', 'TestResult', 'evaluate_classifier', 'save_test_artifacts', 'RandomViews',
-           'random_test_views', 'Standardize', 'run_protocol', 'linear_probe', 'nonlinear_probe', 'finetune',
-           'stratified_subset', 'data_efficiency', 'extract_features', 'retrieval', 'knn_protocol', 'list_videos',
-           'embed', 'save_embeddings', 'load_embeddings', 'write_metrics']
+__all__ = ['VIDEO_EXTENSIONS', 'pooled_features', 'linear_head', 'mlp_head', 'VideoClassifier', 'scheduled_lr', 'smooth_one_hot',
+           'soft_target_cross_entropy', 'mix_batch', 'recompute_bn_stats', 'ShardSampler', 'default_device',
+           'map_videos', 'train_classifier', 'train_head_on_features', 'TestResult', 'evaluate_classifier',
+           'save_test_artifacts', 'RandomViews', 'random_test_views', 'Standardize', 'run_protocol', 'linear_probe',
+           'nonlinear_probe', 'finetune', 'stratified_subset', 'data_efficiency', 'extract_features', 'retrieval',
+           'knn_protocol', 'list_videos', 'embed', 'save_embeddings', 'load_embeddings', 'write_metrics']
 
 # %% ../nbs/21_evaluation.ipynb #0d4753c7
 def pooled_features(backbone:nn.Module, clips:torch.Tensor, # (B, 3, T, H, W)
@@ -83,76 +83,6 @@ class VideoClassifier(nn.Module):
 
     def forward(self, clips):  # (B, 3, T, H, W) -> (B, classes) logits
         return self.head(self.features(clips))
-
-# %% ../nbs/21_evaluation.ipynb #db47cd79
-@dataclass(frozen=True)
-class TrainSettings:
-    "Hyper-parameters of one supervised downstream run (probe or fine-tuning)."
-    epochs: int = 100
-    batch_size: int = 64            # global batch, split evenly over the processes
-    lr: float = 0.2                 # peak learning rate (no batch-size scaling)
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0       # applied to weights with >1 dimension only (not BN, not biases)
-    warmup_epochs: float = 0.0      # linear warm-up from warmup_start_lr to the cosine curve
-    warmup_start_lr: float = 0.0
-    end_lr: float = 0.0             # cosine floor
-    dropout: float = 0.0            # before the classifier (fine-tune 0.5); inside the MLP head for the non-linear probe
-    mlp_hidden: int = 512           # non-linear probe: hidden width
-    bn_mode: Literal['eval', 'train'] = 'eval' # frozen backbones: BN statistics frozen, or adapting (authors)
-    mixup_alpha: float = 0.0        # Beta(α, α) for mixup; 0 = off
-    cutmix_alpha: float = 0.0       # Beta(α, α) for CutMix; 0 = off
-    mix_prob: float = 1.0           # probability that a batch is mixed at all
-    switch_prob: float = 0.5        # with both on: probability of CutMix instead of mixup
-    label_smoothing: float = 0.0
-    precise_bn_batches: int = 0     # recompute BN statistics over this many training batches before testing; 0 = off
-    cache_features: bool = False    # frozen probes: train on cached features of un-augmented centre views
-    feature_clips: int = 1          # cache_features: uniform centre clips per training video, their features averaged
-    standardize: bool = False       # cache_features: standardise the features with the training set's mean and std
-
-    def __post_init__(self):
-        bad = lambda k, want: ValueError(f'TrainSettings: {k} must be {want}, got {getattr(self, k)!r}')
-        for k in ('epochs', 'batch_size', 'mlp_hidden', 'feature_clips'):
-            if not (isinstance(getattr(self, k), int) and getattr(self, k) >= 1): raise bad(k, 'an int >= 1')
-        for k in ('lr', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_start_lr', 'end_lr', 'mixup_alpha', 'cutmix_alpha'):
-            if not getattr(self, k) >= 0: raise bad(k, '>= 0')
-        for k in ('dropout', 'mix_prob', 'switch_prob', 'label_smoothing'):
-            if not 0 <= getattr(self, k) <= 1: raise bad(k, 'in [0, 1]')
-        if self.warmup_epochs > self.epochs: raise bad('warmup_epochs', f'<= epochs ({self.epochs})')
-        if self.bn_mode not in ('eval', 'train'): raise bad('bn_mode', "'eval' or 'train'")
-        if not (isinstance(self.precise_bn_batches, int) and self.precise_bn_batches >= 0): raise bad('precise_bn_batches', 'an int >= 0')
-        if self.cache_features and (self.bn_mode == 'train' or self.mixup_alpha or self.cutmix_alpha):
-            raise ValueError("TrainSettings: cache_features needs bn_mode='eval' and no mixup/cutmix (the cached features are fixed)")
-        if (self.standardize or self.feature_clips > 1) and not self.cache_features:
-            raise ValueError('TrainSettings: standardize and feature_clips > 1 need cache_features (they describe the cached features)')
-
-    @property
-    def mixing(self) -> bool: return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
-
-# %% ../nbs/21_evaluation.ipynb #fc3475cc
-PROTOCOLS = ('linear', 'nonlinear', 'finetune')
-
-_PRESETS = {
-    ('linear', 'paper'): TrainSettings(epochs=100, batch_size=64, lr=0.2),
-    ('linear', 'official'): TrainSettings(epochs=100, batch_size=32, lr=0.1, nesterov=True, warmup_epochs=5,
-                                          warmup_start_lr=1e-4, bn_mode='train'),
-    ('finetune', 'paper'): TrainSettings(epochs=200, batch_size=64, lr=0.2, dropout=0.5),
-    ('finetune', 'official'): TrainSettings(epochs=200, batch_size=32, lr=0.2, nesterov=True, warmup_epochs=5, warmup_start_lr=1e-3,
-                                            dropout=0.5, mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5,
-                                            label_smoothing=0.1, precise_bn_batches=200),
-}
-_PRESETS['nonlinear', 'paper'] = replace(_PRESETS['linear', 'paper'], dropout=0.5)
-_PRESETS['nonlinear', 'official'] = replace(_PRESETS['linear', 'official'], dropout=0.5)
-
-def train_settings(protocol:str,          # 'linear', 'nonlinear' or 'finetune'
-                   preset:str='paper',    # 'paper' or 'official'
-                   **overrides,           # any `TrainSettings` field; None keeps the preset's value
-                  ) -> TrainSettings:
-    "The preset settings of a protocol, with `overrides` applied."
-    if (protocol, preset) not in _PRESETS: raise ValueError(f"train_settings: protocol must be one of {PROTOCOLS} and preset 'paper' or 'official', got {protocol!r}, {preset!r}")
-    unknown = set(overrides) - set(TrainSettings.__dataclass_fields__)
-    if unknown: raise ValueError(f'train_settings: unknown settings {sorted(unknown)}; allowed: {sorted(TrainSettings.__dataclass_fields__)}')
-    return replace(_PRESETS[protocol, preset], **{k: v for k, v in overrides.items() if v is not None})
 
 # %% ../nbs/21_evaluation.ipynb #fb19e244
 def scheduled_lr(s:TrainSettings, epoch:int, step:int, steps:int, # steps: iterations per epoch
@@ -451,7 +381,7 @@ def run_protocol(protocol:Literal['linear', 'nonlinear', 'finetune'],
                  copy_backbone:bool=True, # False: train `backbone` itself (the supervised ceiling keeps it)
                 ) -> dict:
     "Train and test one classifier; returns its metrics."
-    if protocol not in PROTOCOLS: raise ValueError(f'run_protocol: protocol must be one of {PROTOCOLS}, got {protocol!r}')
+    if protocol not in TRAIN_PROTOCOLS: raise ValueError(f'run_protocol: protocol must be one of {TRAIN_PROTOCOLS}, got {protocol!r}')
     if s.cache_features and protocol == 'finetune': raise ValueError('run_protocol: cache_features is for frozen probes, not finetune')
     device = torch.device(device or default_device())
     torch.manual_seed(seed)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import math
 
@@ -14,14 +15,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbones import create_backbone
+from .config import ModelConfig
 from .dictionaries import ConceptAlignment
 from .losses import CENTER_SIGNS, RECON_KINDS, dense_accuracy, dense_infonce, prediction_loss
 from .memories import CompressiveMemory, KVMemoryPredictor, _orthogonal_init, addressing_stats, mlp_head
 
 # %% auto #0
-__all__ = ['PREDICTORS', 'PRESETS', 'OPTIMIZER_KEYS', 'LEARNER_KEYS', 'MEMDPC_KEYS', 'projector', 'mlp_predictor',
-           'ProjectedEncoder', 'BYOLLearner', 'cosine_momentum', 'resolve_preset', 'build_learner', 'ConvGRUCell',
-           'ConvGRU', 'MemDPC', 'build_memdpc']
+__all__ = ['PREDICTORS', 'MEMDPC_KEYS', 'projector', 'mlp_predictor', 'ProjectedEncoder', 'BYOLLearner', 'cosine_momentum',
+           'build_learner', 'ConvGRUCell', 'ConvGRU', 'MemDPC', 'build_memdpc']
 
 # %% ../nbs/14_models.ipynb #e30e763e
 def projector(feat_dim:int=512,    # d, pooled backbone feature
@@ -171,49 +172,19 @@ def _concept_losses(self:BYOLLearner, pairs, z_v, zt_v, y_v, yt_v) -> dict[str, 
         codes = {k: o[k] for k in ('q_src', 'q_tgt')}
     return {**{f'loss_{k}': v for k, v in total.items()}, '_q_src': codes['q_src'], '_q_tgt': codes['q_tgt']}
 
-# %% ../nbs/14_models.ipynb #d380014f
-_SHARED = dict(width=1.0, layers=None, predictor='fgkv', num_concepts=4096, query_layers=2, query_hidden=256,
-               tau_s=0.05, tau_t=0.05, center_momentum=0.9, center_sign='subtract',
-               proj_hidden=4096, proj_dim=256, pred_hidden=4096, dict_hidden=512)
-PRESETS = {
-    'paper':    dict(_SHARED, backbone='r3d18', num_slots=4096, scale=64.0, recon='l2', alpha=0.01, beta=0.01,
-                     pred_scale=1.0, per_view_batchnorm=False, weight_decay=1e-4),
-    'official': dict(_SHARED, backbone='r3d18_official', num_slots=4096, scale=16.0, recon='cosine', alpha=0.1, beta=0.01,
-                     pred_scale=1 / 0.5, per_view_batchnorm=True, weight_decay=1e-6),
-}
-OPTIMIZER_KEYS = ('weight_decay',)   # preset keys for the optimiser, not for `build_learner`
-
-# %% ../nbs/14_models.ipynb #f678ed5e
-def resolve_preset(preset:str,              # 'paper' or 'official'
-                   dataset:str|None=None,   # pre-training dataset name (only for the official N = 2048 rule)
-                   **overrides) -> dict:
-    "The preset's settings with `overrides` applied; an override of None keeps the preset value; unknown keys raise."
-    if preset not in PRESETS: raise ValueError(f"resolve_preset: preset must be one of {tuple(PRESETS)}, got {preset!r}")
-    cfg = dict(PRESETS[preset])
-    unknown = sorted(k for k in overrides if k not in cfg)
-    if unknown: raise ValueError(f"resolve_preset: unknown key(s) {unknown}; allowed keys: {sorted(cfg)}")
-    cfg.update({k: v for k, v in overrides.items() if v is not None})
-    if (preset == 'official' and overrides.get('num_slots') is None and cfg['backbone'] == 'r2plus1d18'
-            and dataset == 'ucf101'): cfg['num_slots'] = 2048
-    return cfg
-
 # %% ../nbs/14_models.ipynb #16a3673b
-def build_learner(backbone:str='r3d18',   # a `fgkv.backbones.create_backbone` name
-                  width:float=1.0,         # backbone channel multiplier
-                  layers:tuple[int, ...]|None=None, # blocks per stage (None: the backbone's default)
-                  predictor:str='fgkv',    # 'mlp', 'kvmem' or 'fgkv'
-                  num_slots:int=4096, num_concepts:int=4096, scale:float=64.0, query_layers:int=2, query_hidden:int=256,
-                  recon:str='l2', alpha:float=0.01, beta:float=0.01, pred_scale:float=1.0,
-                  tau_s:float=0.05, tau_t:float=0.05, center_momentum:float=0.9, center_sign:str='subtract',
-                  proj_hidden:int=4096, proj_dim:int=256, pred_hidden:int=4096, dict_hidden:int=512,
-                  per_view_batchnorm:bool=False) -> BYOLLearner:
-    "Build a `BYOLLearner` on a named backbone."
-    kw = dict(width=width) if layers is None else dict(width=width, layers=tuple(layers))
-    return BYOLLearner(create_backbone(backbone, **kw), predictor, proj_hidden, proj_dim, pred_hidden, num_slots, scale,
-                       query_layers, query_hidden, num_concepts, dict_hidden, recon, alpha, beta, pred_scale,
-                       tau_s, tau_t, center_momentum, center_sign, per_view_batchnorm)
-
-LEARNER_KEYS = tuple(inspect.signature(build_learner).parameters)
+def build_learner(config:ModelConfig|None=None, # the learner; None: the `official` preset (`ModelConfig()`)
+                  **changes) -> BYOLLearner:    # `ModelConfig` fields to change first
+    "Build the `BYOLLearner` that `config` describes."
+    config = dataclasses.replace(config or ModelConfig(), **changes)
+    if config.kind != 'byol': raise ValueError(f"build_learner: config.kind must be 'byol' (MemDPC: `build_memdpc`), got {config.kind!r}")
+    c = config
+    kw = dict(width=c.width) if c.layers is None else dict(width=c.width, layers=tuple(c.layers))
+    return BYOLLearner(create_backbone(c.backbone, **kw), predictor=c.predictor, proj_hidden=c.proj_hidden, proj_dim=c.proj_dim,
+                       pred_hidden=c.pred_hidden, num_slots=c.num_slots, scale=c.scale, query_layers=c.query_layers,
+                       query_hidden=c.query_hidden, num_concepts=c.num_concepts, dict_hidden=c.dict_hidden, recon=c.recon,
+                       alpha=c.alpha, beta=c.beta, pred_scale=c.pred_scale, tau_s=c.tau_s, tau_t=c.tau_t,
+                       center_momentum=c.center_momentum, center_sign=c.center_sign, per_view_batchnorm=c.per_view_batchnorm)
 
 # %% ../nbs/14_models.ipynb #08b34b07
 class ConvGRUCell(nn.Module):

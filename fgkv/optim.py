@@ -22,7 +22,7 @@ NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm) + ((nn.RMSNorm,) if hasattr
 def param_groups(model:nn.Module,    # the model to optimise (the online learner)
                  weight_decay:float  # decay of group (ii); group (i) gets 0
                 ) -> list[dict]:
-    "Spec §6.1's groups: norm-layer parameters (no decay, no LARS), then every other trainable parameter (decay, LARS)."
+    "The FGKVMemPred authors' groups (`slowfast/models/optimizer.py`): norm-layer parameters (no decay, no LARS), then every other trainable parameter (decay, LARS)."
     if weight_decay < 0: raise ValueError(f'weight_decay={weight_decay}: must be >= 0')
     in_norm = {id(p) for m in model.modules() if isinstance(m, NORM_TYPES) for p in m.parameters(recurse=False)}
     norm, other = [], []

@@ -14,29 +14,18 @@ from .core import git_commit
 from .datasets import build_dataset
 from .checkpoints import CHECKPOINT_FORMAT, load_backbone, save_checkpoint
 from .evaluation import (data_efficiency, embed, extract_features, knn_protocol, random_test_views, retrieval, run_protocol,
-                             save_embeddings, train_settings, write_metrics)
+                             save_embeddings, write_metrics)
 from .metrics import retrieval_recall
-from .models import resolve_preset
-from .prepare import read_videos_root
 from .transforms import RetrievalTransform, TrainAugment
 
 # %% auto #0
-__all__ = ['backbone_spec', 'protocol_settings', 'run_evaluation', 'embed_videos', 'train_supervised']
+__all__ = ['backbone_spec', 'run_evaluation', 'embed_videos', 'train_supervised']
 
 # %% ../nbs/22_protocols.ipynb #83fc0d64
 def backbone_spec(params:Params) -> dict:
     "{'name', 'kwargs'} of the online backbone that `params` pre-trains."
-    if params.model.kind == 'memdpc': name, width, layers = params.memdpc.backbone, params.memdpc.width, params.memdpc.layers
-    else:
-        m = params.model
-        r = resolve_preset(m.preset, dataset=params.dataset.name, backbone=m.backbone, width=m.width, layers=m.layers)
-        name, width, layers = r['backbone'], r['width'], r['layers']
-    return dict(name=name, kwargs=dict(width=width) | ({} if layers is None else dict(layers=list(layers))))
-
-def protocol_settings(params:Params, protocol:str):
-    "`TrainSettings` of `protocol` ('supervised': the finetune preset): the evaluate preset with the params file's overrides."
-    preset = 'finetune' if protocol == 'supervised' else protocol
-    return train_settings(preset, params.evaluate.preset, **dataclasses.asdict(getattr(params.evaluate, protocol)))
+    m = params.memdpc if params.model.kind == 'memdpc' else params.model
+    return dict(name=m.backbone, kwargs=dict(width=m.width) | ({} if m.layers is None else dict(layers=list(m.layers))))
 
 # %% ../nbs/22_protocols.ipynb #31325ab4
 def run_evaluation(params:Params, checkpoint, # a checkpoint path, or 'random'
@@ -71,8 +60,8 @@ def run_evaluation(params:Params, checkpoint, # a checkpoint path, or 'random'
                           e.eval_batch_size, e.workers)
         elif p == 'data_efficiency':
             m = data_efficiency(backbone, train_set, test_set, len(classes), e.efficiency_fractions, e.efficiency_protocol,
-                                protocol_settings(params, e.efficiency_protocol), out=out/p, class_names=classes, **common)
-        else: m = run_protocol(p, backbone, train_set, test_set, len(classes), protocol_settings(params, p),
+                                getattr(e, e.efficiency_protocol), out=out/p, class_names=classes, **common)
+        else: m = run_protocol(p, backbone, train_set, test_set, len(classes), getattr(e, p),
                                centre_view=RetrievalTransform.from_config(params), class_names=classes, out=out/p, **common)
         metrics.update({f'{p}/{k}': v for k, v in m.items()})
     write_metrics(out/'metrics.json', metrics)
@@ -97,7 +86,7 @@ def train_supervised(params:Params, out, verbose:bool=True) -> dict:
     backbone, _ = load_backbone('random', random_spec=spec, seed=e.seed, verbose=verbose)
     classes = (Path(params.dataset.prepared)/'classes.txt').read_text().splitlines()
     train_set, test_set = build_dataset(params, 'train', seed=e.seed), build_dataset(params, 'test')
-    s = protocol_settings(params, 'supervised')
+    s = params.evaluate.supervised
     log = (lambda st: print(' '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in st.items()), flush=True)) if verbose else None
     m = run_protocol('finetune', backbone, train_set, test_set, len(classes), s, seed=e.seed, workers=e.workers,
                      eval_batch_size=e.eval_batch_size, class_names=classes, out=out/'finetune', log=log, copy_backbone=False)

@@ -17,8 +17,7 @@ from .config import Params, apply_overrides, from_dict, load_params, to_dict
 from .core import atomic_open, git_commit
 from .metrics import paired_bootstrap_ci, stable_topk
 from .protocols import backbone_spec
-from .study import flatten, metrics_table
-from .trainers import byol_settings
+from .study import flatten, metrics_table, run_params
 
 import torch
 
@@ -26,10 +25,11 @@ import torch
 __all__ = ['PAPER_RESULTS', 'PROTOCOL_NAMES', 'TABLE4_ROWS', 'LADDER_READOUTS', 'PAPER_ORDER', 'ABLATION_TABLES', 'PROTOCOL_KEYS',
            'ANALYSIS_FIGURES', 'PaperResult', 'paper_results', 'paper_value', 'ReportError', 'read_metrics',
            'StudyMetrics', 'metrics_files', 'read_study_metrics', 'variant_params', 'paper_backbone', 'floor_of',
-           'floor_runs', 'fmt', 'Citations', 'md_table', 'memdpc_paper', 'labels_line', 'table4', 'retrieval_table',
-           'per_video_correct', 'ladder_table', 'paper_ordering', 'AblationTable', 'row_key', 'default_row',
-           'reference_run', 'ablation_table', 'ablation_tables', 'FigureSpec', 'study_figures', 'report_checklist',
-           'is_wall_clock', 'without_wall_clock', 'numbers_table', 'paper_results_table', 'write_report']
+           'floor_runs', 'fmt', 'Citations', 'md_table', 'resolved_settings', 'memdpc_paper', 'labels_line', 'table4',
+           'retrieval_table', 'per_video_correct', 'ladder_table', 'paper_ordering', 'AblationTable', 'row_key',
+           'default_row', 'reference_run', 'ablation_table', 'ablation_tables', 'FigureSpec', 'study_figures',
+           'report_checklist', 'is_wall_clock', 'without_wall_clock', 'numbers_table', 'paper_results_table',
+           'write_report']
 
 # %% ../nbs/32_report.ipynb #77132a75
 @dataclass(frozen=True)
@@ -231,13 +231,11 @@ def read_study_metrics(params:Params, reports='reports') -> StudyMetrics:
 # %% ../nbs/32_report.ipynb #edb66536
 def variant_params(params:Params, variant:str) -> Params:
     "`params` with the overrides of `study.variants[variant]` applied (unchanged if there is no such variant)."
-    overrides = params.study.variants.get(variant)
-    if not overrides: return params
-    return from_dict(Params, apply_overrides(to_dict(params), overrides, src=f'study.variants.{variant}'), f'study.variants.{variant}')
+    return run_params(params, variant) if variant in params.study.variants else params
 
 def paper_backbone(params:Params) -> str:
     "The paper's name of the backbone the main variant trains ('R3D-18', 'R(2+1)D' or 'Slow-R18')."
-    b = byol_settings(variant_params(params, 'fgkv'))['backbone']
+    b = variant_params(params, 'fgkv').model.backbone
     return 'R(2+1)D' if b.startswith('r2plus1d') else 'Slow-R18' if b.startswith('slow') else 'R3D-18'
 
 def floor_of(params:Params, variant:str) -> str:
@@ -277,6 +275,23 @@ def md_table(header:list[str], rows:list[list[str]]) -> str:
     esc = lambda c: str(c).replace('|', '\\|')
     lines = ['| ' + ' | '.join(map(esc, header)) + ' |', '|' + '---|' * len(header)]
     return '\n'.join(lines + ['| ' + ' | '.join(map(esc, r)) + ' |' for r in rows])
+
+# %% ../nbs/32_report.ipynb #f37780a9
+def resolved_settings(params:Params) -> str:
+    "Markdown tables of every resolved setting of the study's runs (pre-training: variants and ablations; downstream: the protocols)."
+    runs = {**{v: run_params(params, v) for v in params.study.variants}, **{a: run_params(params, ablation=a) for a in params.study.ablations}}
+    runs = runs or {'params.yaml': params}
+    cell = lambda v: '—' if v is ... else ', '.join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    def section_rows(section, keep):
+        keys = list(to_dict(getattr(params, section)))
+        return [[f'`{section}.{k}`', *(cell(to_dict(getattr(p, section))[k] if keep(p) else ...) for p in runs.values())] for k in keys]
+    byol, memdpc = (lambda p: p.model.kind == 'byol'), (lambda p: p.model.kind == 'memdpc')
+    rows = section_rows('model', byol) + (section_rows('memdpc', memdpc) if any(map(memdpc, runs.values())) else [])
+    rows += section_rows('pretrain', lambda p: True)
+    protocols = ('linear', 'nonlinear', 'finetune', 'supervised')
+    down = [[f'`{k}`', *(cell(to_dict(getattr(params.evaluate, p))[k]) for p in protocols)] for k in to_dict(params.evaluate.linear)]
+    return ('### Pre-training runs\n\n' + md_table(['setting', *(f'`{r}`' for r in runs)], rows) +
+            f'\n\n### Downstream protocols (`evaluate.preset`: `{params.evaluate.preset}`)\n\n' + md_table(['setting', *protocols], down))
 
 # %% ../nbs/32_report.ipynb #34292a54
 PROTOCOL_NAMES = {'knn': 'k-NN', 'linear': 'linear probe', 'nonlinear': 'non-linear probe', 'finetune': 'fine-tune', 'retrieval': 'retrieval'}
@@ -460,7 +475,7 @@ def _sort_key(key:str):
 def default_row(params:Params, table:str) -> str|None:
     "The row of `table` the main `fgkv` variant sits in (its resolved setting), or None for a table fgkv does not know."
     if table not in ABLATION_TABLES: return None
-    s = byol_settings(variant_params(params, 'fgkv'))
+    s = to_dict(variant_params(params, 'fgkv').model)
     vals = tuple(s[k] for k in ABLATION_TABLES[table].settings)
     return row_key(vals if len(vals) > 1 else vals[0])
 
@@ -591,7 +606,7 @@ def write_report(params:Params|str|Path, # a `Params`, or the params file
     figs = study_figures(params)
     missing = m.missing + [str(reports/'figures'/f.file) for f in figs if not (reports/'figures'/f.file).exists()]
     commit = git_commit(repo)
-    e, mdl = params.evaluate, byol_settings(variant_params(params, 'fgkv'))
+    e, mdl = params.evaluate, to_dict(variant_params(params, 'fgkv').model)
     parts = ['# FGKVMemPred / MemDPC study report',
              f'- **data (ours)**: {params.study.dataset_label} (`{params.dataset.name}` layout, split {params.dataset.split})\n'
              f'- **scale (ours)**: {params.study.scale_label}\n'
@@ -620,6 +635,7 @@ def write_report(params:Params|str|Path, # a `Params`, or the params file
               *[_figure_md(f, reports, out, groups[f.group]) for f in ANALYSIS_FIGURES]]
     if m.analysis is None: parts.append(f'`{reports/"metrics/analysis.json"}` is missing: no analysis numbers.')
     elif groups['']: parts += ['Other analysis numbers (`analysis.json`):', numbers_table(groups[''])]
+    parts += ['## Resolved settings of every run', resolved_settings(params)]
     parts += ['## The papers\' numbers', 'Every number this report takes from the papers, with where it comes from.', paper_results_table()]
     with atomic_open(out) as f: f.write('\n\n'.join(parts) + '\n')
     return out

@@ -12,10 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import Params
+from .config import Params, apply_overrides, from_dict, to_dict
 
 # %% auto #0
-__all__ = ['run_overrides', 'set_options', 'launch', 'read_curves', 'flatten', 'final_values', 'curves_figure', 'metrics_table']
+__all__ = ['run_overrides', 'set_options', 'run_params', 'launch', 'read_curves', 'flatten', 'final_values', 'curves_figure',
+           'metrics_table']
 
 # %% ../nbs/31_study.ipynb #ab78ed83
 def run_overrides(params:Params, variant:str|None=None, ablation:str|None=None) -> list[str]:
@@ -30,6 +31,12 @@ def run_overrides(params:Params, variant:str|None=None, ablation:str|None=None) 
 def set_options(overrides:list[str]) -> list[str]:
     "`--set` options for the `fgkv` command line."
     return [a for o in overrides for a in ('--set', o)]
+
+def run_params(params:Params, variant:str|None=None, ablation:str|None=None) -> Params:
+    "The configuration of pre-training variant `variant` or ablation `ablation`: `params` with the run's overrides applied."
+    overrides = run_overrides(params, variant, ablation)
+    where = f'study.variants.{variant}' if variant is not None else f'study.ablations.{ablation}'
+    return from_dict(Params, apply_overrides(to_dict(params), overrides, src=where), where) if overrides else params
 
 # %% ../nbs/31_study.ipynb #7ea17916
 def launch(args:list[str], nproc:int=1, cwd=None) -> None:

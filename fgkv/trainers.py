@@ -22,30 +22,22 @@ from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .config import Params, to_dict
 from .core import atomic_path, git_commit, seed_everything
 from .datasets import build_dataset
-from .models import build_learner, build_memdpc, cosine_momentum, resolve_preset
+from .models import build_learner, build_memdpc, cosine_momentum
 from .optim import build_optimizer, lr_at
 
 # %% auto #0
-__all__ = ['MEMDPC_WEIGHT_DECAY', 'RESUME_FREE_KEYS', 'ModelSpec', 'byol_settings', 'build_pretrain_model', 'GlobalBatchSampler',
-           'rng_state', 'set_rng_state', 'MemoryMonitor', 'NonFiniteLossError', 'learning_rate', 'Pretrainer',
-           'pretrain']
+__all__ = ['RESUME_FREE_KEYS', 'ModelSpec', 'build_pretrain_model', 'GlobalBatchSampler', 'rng_state', 'set_rng_state',
+           'MemoryMonitor', 'NonFiniteLossError', 'learning_rate', 'Pretrainer', 'pretrain']
 
 # %% ../nbs/18_trainers.ipynb #a88fb90e
-MEMDPC_WEIGHT_DECAY = 1e-5   # MemDPC's Adam (the authors' `memdpc/main.py`)
-
 @dataclass(frozen=True)
 class ModelSpec:
     "How a pre-training model was built: enough to rebuild its online backbone from a checkpoint."
     kind: str                 # 'byol' or 'memdpc'
     backbone: dict            # {'name': ..., 'kwargs': {...}} for `create_backbone`
     backbone_prefix: str      # key prefix of the online backbone in the model's state_dict
-    settings: dict            # every resolved model setting
+    settings: dict            # the builder's arguments: a `ModelConfig` as a dict, or `build_memdpc`'s keywords
     weight_decay: float
-
-def byol_settings(params:Params) -> dict:
-    "Every resolved setting (weight decay included) of the BYOL-family model `params.model` describes: its preset, then the non-null keys."
-    m = params.model
-    return resolve_preset(m.preset, dataset=params.dataset.name, **{k: v for k, v in vars(m).items() if k not in ('kind', 'preset')})
 
 def build_pretrain_model(params:Params) -> tuple[nn.Module, ModelSpec]:
     "The learner described by `params.model` / `params.memdpc`, and its `ModelSpec`."
@@ -54,15 +46,11 @@ def build_pretrain_model(params:Params) -> tuple[nn.Module, ModelSpec]:
         d = params.memdpc
         settings = dict(backbone=d.backbone, width=d.width, layers=d.layers, num_slots=d.num_slots, pred_steps=d.pred_steps,
                         bidirectional=d.bidirectional, memory=d.memory, direction_reduction=d.direction_reduction)
-        model, prefix = build_memdpc(**settings), 'backbone.'
-        wd = MEMDPC_WEIGHT_DECAY if m.weight_decay is None else m.weight_decay
-    else:
-        settings = byol_settings(params)
-        wd = settings.pop('weight_decay')
-        model, prefix = build_learner(**settings), 'backbone.'
+        model, wd = build_memdpc(**settings), d.weight_decay
+    else: model, settings, wd = build_learner(m), to_dict(m), m.weight_decay
     kwargs = dict(width=settings['width']) | ({} if settings['layers'] is None else dict(layers=list(settings['layers'])))
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-    return model, ModelSpec(m.kind, dict(name=settings['backbone'], kwargs=kwargs), prefix, plain, wd)
+    return model, ModelSpec(m.kind, dict(name=settings['backbone'], kwargs=kwargs), 'backbone.', plain, wd)
 
 # %% ../nbs/18_trainers.ipynb #860369bd
 class GlobalBatchSampler(torch.utils.data.Sampler):

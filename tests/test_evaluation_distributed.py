@@ -19,7 +19,8 @@ def run_all(prepared, ckpt):
     from fgkv.datasets import build_dataset
     from fgkv.checkpoints import load_backbone
     from fgkv.evaluation import (VideoClassifier, evaluate_classifier, extract_features, finetune, linear_head, linear_probe,
-                                 retrieval, train_settings)
+                                 retrieval)
+    from fgkv.config import train_settings
     params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={prepared}', *OVERRIDES])
     train, test = build_dataset(params, 'train'), build_dataset(params, 'test')
     query, gallery = build_dataset(params, 'retrieval'), build_dataset(params, 'retrieval', split='train')

@@ -72,7 +72,8 @@ def test_test_views_are_deterministic(data):
 
 def test_every_protocol_end_to_end(data):
     from fgkv.checkpoints import load_backbone
-    from fgkv.evaluation import (finetune, linear_probe, nonlinear_probe, retrieval, train_settings, write_metrics)
+    from fgkv.config import train_settings
+    from fgkv.evaluation import finetune, linear_probe, nonlinear_probe, retrieval, write_metrics
     work, classes = data['work'], data['classes']
     backbone, _ = load_backbone(data['ckpt'], verbose=False)
     quick = dict(epochs=2, batch_size=4, lr=0.05)
@@ -107,7 +108,8 @@ def test_every_protocol_end_to_end(data):
 
 def test_data_efficiency_end_to_end(data):
     from fgkv.checkpoints import load_backbone
-    from fgkv.evaluation import data_efficiency, train_settings
+    from fgkv.config import train_settings
+    from fgkv.evaluation import data_efficiency
     backbone, _ = load_backbone(data['ckpt'], verbose=False)
     m = data_efficiency(backbone, data['train'], data['test'], 3, fractions=(0.34, 1.0), protocol='finetune',
                         s=train_settings('finetune', epochs=1, batch_size=3, lr=0.05), eval_batch_size=9)

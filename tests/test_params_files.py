@@ -1,32 +1,27 @@
 "Every params file and profile the project ships is valid, and the paper-scale files say what the paper and the code say."
-import dataclasses
 import shutil
-from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import ROOT
-from fgkv.config import Params, apply_profile, load_params
-from fgkv.models import resolve_preset
+from fgkv.config import apply_profile, load_params
 
 FILES = [ROOT / 'params.yaml', *sorted((ROOT / 'params').glob('*.yaml'))]
 
 
-def complete_params_file(path:Path, tmp_path:Path) -> Path:
-    "`path` itself when it holds every section; a profile (an overlay) applied to a copy of params.yaml otherwise."
-    if set(yaml.safe_load(path.read_text())) >= {f.name for f in dataclasses.fields(Params)}: return path
+@pytest.mark.parametrize('path', FILES, ids=lambda p: p.name)
+def test_loads_and_every_run_is_valid(path):
+    params = load_params(path)
+    for name, overrides in params.study.variants.items(): load_params(path, [*overrides])
+    for name, ablation in params.study.ablations.items(): load_params(path, [*params.study.ablation_schedule, *ablation.overrides])
+
+
+@pytest.mark.parametrize('path', FILES[1:], ids=lambda p: p.name)
+def test_applying_a_profile_gives_what_loading_it_gives(path, tmp_path):
+    "`fgkv profile X` then `dvc repro` runs what `load_params(X)` describes, whether X extends params.yaml or another file."
     shutil.copy(ROOT / 'params.yaml', tmp_path / 'params.yaml')
     assert apply_profile(path, tmp_path / 'params.yaml'), f'{path.name} changes nothing'
-    return tmp_path / 'params.yaml'
-
-
-@pytest.mark.parametrize('path', FILES, ids=lambda p: p.name)
-def test_loads_and_every_run_is_valid(path, tmp_path):
-    path = complete_params_file(path, tmp_path)
-    params = load_params(path)
-    for name, overrides in params.study.variants.items(): load_params(path, list(overrides))
-    for name, ablation in params.study.ablations.items(): load_params(path, list(ablation.overrides))
+    assert load_params(tmp_path / 'params.yaml') == load_params(path)
 
 
 def test_paper_and_official_settings():
@@ -34,8 +29,15 @@ def test_paper_and_official_settings():
     for p in (paper, official):
         assert (p.clips.frames, p.clips.stride, p.clips.crop_size) == (16, 4, 112)
         assert (p.pretrain.batch_size, p.pretrain.epochs, p.pretrain.lr, p.pretrain.warmup_epochs) == (64, 400, 1.2, 35)
-    r = {n: resolve_preset(p.model.preset, dataset='ucf101') for n, p in (('paper', paper), ('official', official))}
-    assert (r['paper']['scale'], r['paper']['recon'], r['paper']['weight_decay'], r['paper']['backbone']) == (64.0, 'l2', 1e-4, 'r3d18')
-    assert (r['official']['scale'], r['official']['recon'], r['official']['weight_decay']) == (16.0, 'cosine', 1e-6)
+    m = paper.model
+    assert (m.scale, m.recon, m.weight_decay, m.backbone, m.num_slots) == (64.0, 'l2', 1e-4, 'r3d18', 4096)
+    m = official.model
+    assert (m.scale, m.recon, m.weight_decay, m.backbone, m.num_slots) == (16.0, 'cosine', 1e-6, 'r3d18_official', 4096)
+    assert (paper.evaluate.finetune.mixup_alpha, official.evaluate.finetune.mixup_alpha) == (0.0, 0.8)
+    r21d = load_params(ROOT / 'params/paper-ucf101-r2plus1d18.yaml')
+    assert (r21d.model.backbone, r21d.model.num_slots) == ('r2plus1d18', 4096)
+    assert load_params(ROOT / 'params/paper-ucf101-r2plus1d18.yaml', ['model.preset=official']).model.num_slots == 2048
     k400 = load_params(ROOT / 'params/paper-k400-r3d18.yaml')
     assert (k400.pretrain.batch_size, k400.pretrain.epochs, k400.pretrain.lr) == (256, 100, 2.4)
+    slow = load_params(ROOT / 'params/paper-k400-slow_r18.yaml')
+    assert (slow.dataset.name, slow.model.backbone, slow.clips.frames, slow.clips.stride, slow.pretrain.batch_size) == ('kinetics400', 'slow_r18', 8, 8, 256)
