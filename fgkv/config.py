@@ -17,10 +17,10 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type
 import yaml
 
 # %% auto #0
-__all__ = ['MODEL_PRESETS', 'TRAIN_PROTOCOLS', 'PROTOCOL_PRESETS', 'ConfigError', 'from_dict', 'DatasetConfig', 'SynthConfig',
-           'DecodeConfig', 'ClipConfig', 'AugmentConfig', 'DownstreamConfig', 'ModelConfig', 'MemDPCConfig',
-           'PretrainConfig', 'TrainSettings', 'train_settings', 'EvaluateConfig', 'AblationConfig', 'StudyConfig',
-           'Params', 'apply_overrides', 'read_params_file', 'resolve_presets', 'load_params', 'to_dict',
+__all__ = ['MODEL_PRESETS', 'TRAIN_PROTOCOLS', 'PROTOCOL_PRESETS', 'ConfigError', 'from_dict', 'to_dict', 'DatasetConfig',
+           'SynthConfig', 'DecodeConfig', 'ClipConfig', 'AugmentConfig', 'DownstreamConfig', 'ModelConfig',
+           'MemDPCConfig', 'PretrainConfig', 'TrainSettings', 'train_settings', 'EvaluateConfig', 'AblationConfig',
+           'StudyConfig', 'Params', 'apply_overrides', 'read_params_file', 'resolve_presets', 'load_params',
            'default_params', 'merge_profile', 'apply_profile']
 
 # %% ../nbs/01_config.ipynb #23719111
@@ -88,6 +88,15 @@ def from_dict(cls, data:dict, src:str='<dict>', # where `data` came from, for er
     except ValueError as e: raise ConfigError(f"{src}: {where}: {e}") from None   # a dataclass' own checks (`__post_init__`)
 
 def _join(prefix, key): return f'{prefix}.{key}' if prefix else str(key)
+
+# %% ../nbs/01_config.ipynb #e3d383e0
+def to_dict(cfg) -> dict:
+    "A plain (YAML/JSON-friendly) dict of a config dataclass: tuples become lists."
+    def plain(v):
+        if isinstance(v, (list, tuple)): return [plain(x) for x in v]
+        if isinstance(v, dict): return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
 
 # %% ../nbs/01_config.ipynb #f4bf7ea8
 @dataclass(frozen=True)
@@ -472,15 +481,6 @@ def _check_study(study:StudyConfig, src:str):
         for o in overrides:
             if o.split('=', 1)[0].strip() in _PRESET_KEYS:
                 raise ConfigError(f"{src}: key '{at}': {o!r} switches a preset inside the study; use a params file of its own for it")
-
-# %% ../nbs/01_config.ipynb #e3d383e0
-def to_dict(cfg) -> dict:
-    "A plain (YAML/JSON-friendly) dict of a config dataclass: tuples become lists."
-    def plain(v):
-        if isinstance(v, (list, tuple)): return [plain(x) for x in v]
-        if isinstance(v, dict): return {k: plain(x) for k, x in v.items()}
-        return v
-    return plain(dataclasses.asdict(cfg))
 
 # %% ../nbs/01_config.ipynb #4b72b66e
 def default_params(overrides:list[str]|tuple[str, ...]=(), src:str='--set') -> Params:

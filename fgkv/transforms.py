@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torchvision.transforms.v2 import functional as TF
 
 # %% auto #0
@@ -198,7 +199,8 @@ class PretrainAugment:
                    a.blur_p, a.blur_sigma, a.flip_p, a.mean, a.std)
 
 # %% ../nbs/05_transforms.ipynb #a40f3a24
-def _pretrain_sample(self:PretrainAugment, h:int, w:int, # source frame size
+@patch
+def sample(self:PretrainAugment, h:int, w:int, # source frame size
                      generator:torch.Generator) -> PretrainDraw:
     "Draw the random choices for one clip of `h`×`w` frames."
     _check_generator(generator)
@@ -208,8 +210,9 @@ def _pretrain_sample(self:PretrainAugment, h:int, w:int, # source frame size
     blur_sigma = _uniform(generator, *self.blur_sigma) if _bernoulli(generator, self.blur_p) else None
     return PretrainDraw(box, jitter, grayscale, blur_sigma, _bernoulli(generator, self.flip_p))
 
+@patch
 @torch.no_grad()
-def _pretrain_apply(self:PretrainAugment, clip, # uint8 (T, H, W, 3)
+def apply(self:PretrainAugment, clip, # uint8 (T, H, W, 3)
                     draw:PretrainDraw) -> torch.Tensor: # (3, T, S, S) float32
     "Apply one draw to every frame of `clip`."
     x = _as_clip(clip)
@@ -222,13 +225,13 @@ def _pretrain_apply(self:PretrainAugment, clip, # uint8 (T, H, W, 3)
     if draw.flip: x = x.flip(-1)
     return normalise_clip(x, self.mean, self.std)
 
-def _pretrain_call(self:PretrainAugment, clip, # uint8 (T, H, W, 3)
+@patch
+def __call__(self:PretrainAugment, clip, # uint8 (T, H, W, 3)
                    generator:torch.Generator) -> torch.Tensor: # (3, T, S, S) float32
     "Augment one clip with a fresh draw from `generator`."
     h, w = _as_clip(clip).shape[-2:]
     return self.apply(clip, self.sample(h, w, generator))
 
-PretrainAugment.sample, PretrainAugment.apply, PretrainAugment.__call__ = _pretrain_sample, _pretrain_apply, _pretrain_call
 
 # %% ../nbs/05_transforms.ipynb #532ff98b
 @dataclass(frozen=True)
@@ -276,7 +279,8 @@ class TrainAugment:
                    params.augment.mean, params.augment.std)
 
 # %% ../nbs/05_transforms.ipynb #30f86ae6
-def _train_sample(self:TrainAugment, h:int, w:int, # source frame size
+@patch
+def sample(self:TrainAugment, h:int, w:int, # source frame size
                   generator:torch.Generator) -> TrainDraw:
     "Draw the random choices for one clip of `h`×`w` frames."
     _check_generator(generator)
@@ -287,8 +291,9 @@ def _train_sample(self:TrainAugment, h:int, w:int, # source frame size
     jitter = sample_jitter(self.jitter, generator) if _bernoulli(generator, self.jitter_p) else None
     return TrainDraw(short, top, left, grayscale, jitter, _bernoulli(generator, self.flip_p))
 
+@patch
 @torch.no_grad()
-def _train_apply(self:TrainAugment, clip, # uint8 (T, H, W, 3)
+def apply(self:TrainAugment, clip, # uint8 (T, H, W, 3)
                  draw:TrainDraw) -> torch.Tensor: # (3, T, S, S) float32
     "Apply one draw to every frame of `clip`."
     x = _as_clip(clip)
@@ -301,13 +306,13 @@ def _train_apply(self:TrainAugment, clip, # uint8 (T, H, W, 3)
     if draw.flip: x = x.flip(-1)
     return normalise_clip(x, self.mean, self.std)
 
-def _train_call(self:TrainAugment, clip, # uint8 (T, H, W, 3)
+@patch
+def __call__(self:TrainAugment, clip, # uint8 (T, H, W, 3)
                 generator:torch.Generator) -> torch.Tensor: # (3, T, S, S) float32
     "Augment one clip with a fresh draw from `generator`."
     h, w = _as_clip(clip).shape[-2:]
     return self.apply(clip, self.sample(h, w, generator))
 
-TrainAugment.sample, TrainAugment.apply, TrainAugment.__call__ = _train_sample, _train_apply, _train_call
 
 # %% ../nbs/05_transforms.ipynb #0af139b4
 @torch.no_grad()
