@@ -15,7 +15,7 @@ variant's overrides of `study.variants` (`model`, `memdpc`), the optimiser, lear
 `pretrain` (its `epochs` replaced by `--steps`). Per seed and method the ladder is:
 
   random   the backbone at its random initialisation (the floor; one per architecture: MemDPC's R-2D3D has its own)
-  sup      the same backbone trained from scratch with labels for the same number of steps (`fgkv.evaluation.train_classifier`
+  sup      the same backbone trained from scratch with labels for the same number of steps (`fgkv.downstream.train_classifier`
            with the fine-tuning augmentation and `evaluate.finetune` settings; the ceiling)
   VARIANT  each `study.variants` entry named in --methods, pre-trained without labels
 
@@ -41,7 +41,8 @@ from fgkv.config import load_params, Params, to_dict
 from fgkv.datasets import FrameSource, VideoRecord, build_dataset, read_manifest
 from fgkv.prepare import read_videos_root
 from fgkv.checkpoints import random_backbone
-from fgkv.evaluation import (VideoClassifier, extract_features, linear_head, train_classifier, train_head_on_features)
+from fgkv.downstream import VideoClassifier, linear_head, train_classifier, train_head_on_features
+from fgkv.inference import extract_features
 from fgkv.metrics import knn_classify, paired_bootstrap_ci
 from fgkv.models import cosine_momentum
 from fgkv.optim import build_optimizer

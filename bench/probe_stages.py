@@ -25,7 +25,8 @@ import torch
 from fgkv.config import load_params
 from fgkv.datasets import build_dataset
 from fgkv.checkpoints import load_backbone
-from fgkv.evaluation import linear_head, map_videos, train_head_on_features
+from fgkv.downstream import linear_head, train_head_on_features
+from fgkv.inference import map_videos
 from fgkv.metrics import retrieval_recall
 from fgkv.protocols import backbone_spec
 

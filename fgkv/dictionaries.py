@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .losses import CENTER_SIGNS, RECON_KINDS, alignment_loss, reconstruction_loss
-from .memories import mlp_head
+from .layers import bn_mlp
 
 # %% auto #0
 __all__ = ['ConceptAlignment']
@@ -37,7 +37,7 @@ class ConceptAlignment(nn.Module):
         self.recon, self.center_sign = recon, center_sign
         self.code_src, self.code_tgt = (nn.Linear(in_dim, num_concepts, bias=False) for _ in range(2))
         for w in (self.code_src, self.code_tgt): nn.init.normal_(w.weight, std=0.01)
-        self.dict_src, self.dict_tgt = (mlp_head(num_concepts, hidden_dim, feat_dim, dict_layers) for _ in range(2))
+        self.dict_src, self.dict_tgt = (bn_mlp(num_concepts, hidden_dim, feat_dim, dict_layers) for _ in range(2))
         self.register_buffer('center', torch.zeros(1, num_concepts))
 
     @torch.no_grad()

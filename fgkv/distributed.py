@@ -13,15 +13,15 @@ import socket
 from dataclasses import dataclass
 
 import torch
+from fastcore.basics import patch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 # %% auto #0
-__all__ = ['is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'seed_offset', 'rank_seed', 'DistInfo',
-           'init_distributed', 'cleanup', 'free_port', 'all_reduce_sum', 'all_reduce_mean', 'all_gather_tensors',
-           'broadcast_object', 'barrier', 'rank_zero_only', 'main_process_first', 'CPUSyncBatchNorm',
-           'convert_sync_batchnorm']
+__all__ = ['is_distributed', 'get_rank', 'get_world_size', 'is_main_process', 'seed_offset', 'rank_seed', 'DistInfo', 'free_port',
+           'init_distributed', 'cleanup', 'all_reduce_sum', 'all_reduce_mean', 'all_gather_tensors', 'broadcast_object',
+           'barrier', 'rank_zero_only', 'main_process_first', 'CPUSyncBatchNorm', 'convert_sync_batchnorm']
 
 # %% ../nbs/15_distributed.ipynb #db0daba8
 def is_distributed() -> bool:
@@ -90,6 +90,13 @@ def _bind_device(local_rank:int) -> torch.device:
     torch.cuda.set_device(local_rank)
     return torch.device('cuda', local_rank)
 
+# %% ../nbs/15_distributed.ipynb #1fd4b016
+def free_port() -> int:
+    "A TCP port on 127.0.0.1 that is free right now (for MASTER_PORT in tests)."
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
 # %% ../nbs/15_distributed.ipynb #8d260645
 def init_distributed(backend:str|None=None,     # 'nccl' or 'gloo'; None: nccl when CUDA is available, else gloo
                      timeout_s:float|None=None, # collective timeout in seconds; None: torch's default
@@ -114,13 +121,6 @@ def init_distributed(backend:str|None=None,     # 'nccl' or 'gloo'; None: nccl w
 def cleanup():
     "Leave the process group (no-op when not distributed)."
     if is_distributed(): dist.destroy_process_group()
-
-# %% ../nbs/15_distributed.ipynb #1fd4b016
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 that is free right now (for MASTER_PORT in tests)."
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 # %% ../nbs/15_distributed.ipynb #c2db6ac5
 def _comm_device() -> torch.device:
@@ -295,16 +295,14 @@ class CPUSyncBatchNorm(_BatchNorm):
         return _SyncBatchNormFn.apply(x, self.weight, self.bias, self.running_mean, self.running_var, self.eps, factor, group)
 
 # %% ../nbs/15_distributed.ipynb #49db6e10
-@classmethod
-def _from_batchnorm(cls, bn:_BatchNorm, process_group=None) -> CPUSyncBatchNorm:
+@patch(cls_method=True)
+def from_batchnorm(cls:CPUSyncBatchNorm, bn:_BatchNorm, process_group=None) -> CPUSyncBatchNorm:
     "A `CPUSyncBatchNorm` sharing `bn`'s parameters and buffers."
     new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, process_group)
     if bn.affine: new.weight, new.bias = bn.weight, bn.bias
     new.running_mean, new.running_var, new.num_batches_tracked = bn.running_mean, bn.running_var, bn.num_batches_tracked
     new.train(bn.training)
     return new
-
-CPUSyncBatchNorm.from_batchnorm = _from_batchnorm
 
 # %% ../nbs/15_distributed.ipynb #f0e9e6f6
 def _sync_bn(bn:_BatchNorm, process_group) -> nn.Module:

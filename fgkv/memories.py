@@ -11,30 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layers import bn_mlp, orthogonal_init
+
 # %% auto #0
-__all__ = ['mlp_head', 'n_params', 'KVMemoryPredictor', 'addressing_stats', 'CompressiveMemory']
-
-# %% ../nbs/11_memories.ipynb #9907587e
-def mlp_head(in_dim:int,      # input features
-             hidden_dim:int,  # width of the hidden layer (unused with one layer)
-             out_dim:int,     # output features
-             num_layers:int=2 # 1: Linear(no bias); 2: Linear(no bias)→BN1d→ReLU→Linear(bias)
-            ) -> nn.Sequential:
-    "The authors' `MLPHead`: a BN-MLP with Kaiming-uniform(a=1) weights and zero biases."
-    if num_layers == 1: layers = [nn.Linear(in_dim, out_dim, bias=False)]
-    elif num_layers == 2:
-        layers = [nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
-                  nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)]
-    else: raise ValueError(f"mlp_head: num_layers must be 1 or 2, got {num_layers!r}")
-    for m in layers:
-        if isinstance(m, nn.Linear):
-            nn.init.kaiming_uniform_(m.weight, a=1)
-            if m.bias is not None: nn.init.zeros_(m.bias)
-    return nn.Sequential(*layers)
-
-def n_params(module:nn.Module, trainable_only:bool=True) -> int:
-    "Number of (trainable) parameters of `module`."
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+__all__ = ['KVMemoryPredictor', 'addressing_stats', 'CompressiveMemory']
 
 # %% ../nbs/11_memories.ipynb #b9cc30e3
 class KVMemoryPredictor(nn.Module):
@@ -50,7 +30,7 @@ class KVMemoryPredictor(nn.Module):
             if v < 1: raise ValueError(f"KVMemoryPredictor: {name} must be a positive int, got {v!r}")
         if not scale > 0: raise ValueError(f"KVMemoryPredictor: scale must be > 0, got {scale!r}")
         self.scale = float(scale)
-        self.query_proj = mlp_head(in_dim, hidden_dim, mem_dim, query_layers)  # φ
+        self.query_proj = bn_mlp(in_dim, hidden_dim, mem_dim, query_layers)  # φ
         bound = 1 / math.sqrt(mem_dim)
         self.keys = nn.Parameter(torch.empty(num_slots, mem_dim).uniform_(-bound, bound))  # M_src (N, d)
         self.values = nn.Parameter(nn.init.trunc_normal_(torch.empty(num_slots, mem_dim), std=0.02))  # M_tgt (N, d)
@@ -78,13 +58,6 @@ def addressing_stats(weights:torch.Tensor, # addressing probabilities, summing t
     return dict(entropy=entropy, usage_perplexity=torch.exp(-(usage * usage.clamp_min(1e-12).log()).sum()))
 
 # %% ../nbs/11_memories.ipynb #9c7fce43
-def _orthogonal_init(module:nn.Module, gain:float=0.1):
-    "Orthogonal weights with `gain` and zero biases for every conv/linear in `module` (MemDPC's init)."
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.orthogonal_(m.weight, gain=gain)
-            if m.bias is not None: nn.init.zeros_(m.bias)
-
 class CompressiveMemory(nn.Module):
     "MemDPC's compressive memory: per-location addressing p = softmax_k(φ(c)) (Eq. 3) and read ẑ = p M (Eq. 4)."
     def __init__(self, in_dim:int=256,    # channels of the context map c
@@ -96,7 +69,7 @@ class CompressiveMemory(nn.Module):
         if num_slots < 1: raise ValueError(f"CompressiveMemory: num_slots must be a positive int, got {num_slots!r}")
         self.address = nn.Sequential(nn.Conv2d(in_dim, hidden_dim, 1), nn.ReLU(inplace=True),
                                      nn.Conv2d(hidden_dim, num_slots, 1))  # φ
-        _orthogonal_init(self.address, init_gain)
+        orthogonal_init(self.address, init_gain)
         self.memory = nn.Parameter(torch.randn(num_slots, mem_dim))        # M (k, C)
 
     def forward(self, context:torch.Tensor  # (B, in_dim, H, W) context maps c

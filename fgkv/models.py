@@ -13,12 +13,14 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 from .backbones import create_backbone
 from .config import ModelConfig
 from .dictionaries import ConceptAlignment
 from .losses import CENTER_SIGNS, RECON_KINDS, dense_accuracy, dense_infonce, prediction_loss
-from .memories import CompressiveMemory, KVMemoryPredictor, _orthogonal_init, addressing_stats, mlp_head
+from .layers import bn_mlp, orthogonal_init
+from .memories import CompressiveMemory, KVMemoryPredictor, addressing_stats
 
 # %% auto #0
 __all__ = ['PREDICTORS', 'MEMDPC_KEYS', 'projector', 'mlp_predictor', 'ProjectedEncoder', 'BYOLLearner', 'cosine_momentum',
@@ -30,11 +32,11 @@ def projector(feat_dim:int=512,    # d, pooled backbone feature
               out_dim:int=256      # d_proj
              ) -> nn.Sequential:
     "Projector g: Linear(no bias) → BN1d → ReLU → Linear(bias)."
-    return mlp_head(feat_dim, hidden_dim, out_dim, 2)
+    return bn_mlp(feat_dim, hidden_dim, out_dim, 2)
 
 def mlp_predictor(dim:int=256, hidden_dim:int=4096) -> nn.Sequential:
     "The ρBYOL MLP predictor (the `mlp` baseline), same layout as the projector."
-    return mlp_head(dim, hidden_dim, dim, 2)
+    return bn_mlp(dim, hidden_dim, dim, 2)
 
 # %% ../nbs/14_models.ipynb #9cd1f349
 class ProjectedEncoder(nn.Module):
@@ -90,9 +92,10 @@ class BYOLLearner(nn.Module):
         return _pool_project(self.backbone, self.projector, x)
 
 # %% ../nbs/14_models.ipynb #f2d70b19
+@patch
 @torch.no_grad()
-def _update_target(self:BYOLLearner, momentum:float  # λ in θ_m ← λθ_m + (1 − λ)θ
-                  ) -> None:
+def update_target(self:BYOLLearner, momentum:float  # λ in θ_m ← λθ_m + (1 − λ)θ
+                 ) -> None:
     "EMA of the online backbone and projector parameters into the target (buffers are left alone)."
     if not 0 <= momentum <= 1: raise ValueError(f"update_target: momentum must be in [0, 1], got {momentum!r}")
     for t, o in _target_online_pairs(self): t.lerp_(o.detach(), 1 - momentum)
@@ -102,13 +105,12 @@ def _target_online_pairs(self:BYOLLearner):
     return zip([*self.target.backbone.parameters(), *self.target.projector.parameters()],
                [*self.backbone.parameters(), *self.projector.parameters()])
 
+@patch
 @torch.no_grad()
-def _copy_online_to_target(self:BYOLLearner) -> None:
+def copy_online_to_target(self:BYOLLearner) -> None:
     "Make the target an exact copy of the online encoder (parameters and buffers)."
     self.target.backbone.load_state_dict(self.backbone.state_dict())
     self.target.projector.load_state_dict(self.projector.state_dict())
-
-BYOLLearner.update_target, BYOLLearner.copy_online_to_target = _update_target, _copy_online_to_target
 
 def cosine_momentum(progress:float,    # fraction of training done, in [0, 1] (fractional epochs / epochs)
                     base:float=0.996   # λ at the start
@@ -126,11 +128,26 @@ def _pairs(num_clips:int) -> list[tuple[int, int]]:
     "All ordered (source, target) clip pairs k ≠ j."
     return [(k, j) for k in range(num_clips) for j in range(num_clips) if k != j]
 
+# %% ../nbs/14_models.ipynb #cd502eac
+def _concept_losses(self:BYOLLearner, pairs, z_v, zt_v, y_v, yt_v) -> dict[str, torch.Tensor]:
+    "Summed-over-directions concept losses and the codes (stacked direction-major)."
+    src, tgt = [k for k, _ in pairs], [j for _, j in pairs]
+    if self.per_view_batchnorm:
+        outs = [self.concepts(z_v[k], zt_v[j], y_v[k], yt_v[j]) for k, j in pairs]
+        total = {k: sum(o[k] for o in outs) for k in ('recon_src', 'recon_tgt', 'align')}
+        codes = {k: torch.cat([o[k] for o in outs]) for k in ('q_src', 'q_tgt')}
+    else:
+        o = self.concepts(z_v[src].flatten(0, 1), zt_v[tgt].flatten(0, 1), y_v[src].flatten(0, 1), yt_v[tgt].flatten(0, 1))
+        total = {k: len(pairs) * o[k] for k in ('recon_src', 'recon_tgt', 'align')}
+        codes = {k: o[k] for k in ('q_src', 'q_tgt')}
+    return {**{f'loss_{k}': v for k, v in total.items()}, '_q_src': codes['q_src'], '_q_tgt': codes['q_tgt']}
+
 # %% ../nbs/14_models.ipynb #8a4f729e
-def _forward(self:BYOLLearner,
-             clips:torch.Tensor,        # (B, ρ, C, T, H, W), ρ ≥ 2 clips per video
-             diagnostics:bool=False     # also return predictions, projections, relevance and codes (detached)
-            ) -> dict[str, torch.Tensor]:
+@patch
+def forward(self:BYOLLearner,
+            clips:torch.Tensor,        # (B, ρ, C, T, H, W), ρ ≥ 2 clips per video
+            diagnostics:bool=False     # also return predictions, projections, relevance and codes (detached)
+           ) -> dict[str, torch.Tensor]:
     "Total loss `loss` (with gradient) and detached terms `loss_pred`, `loss_recon_src`, `loss_recon_tgt`, `loss_align`, `pred_cos`."
     if clips.dim() != 6 or clips.shape[1] < 2:
         raise ValueError(f"BYOLLearner: clips must be (B, ρ≥2, C, T, H, W), got shape {tuple(clips.shape)}")
@@ -155,22 +172,6 @@ def _forward(self:BYOLLearner,
         if relevance is not None: result['relevance'] = relevance.detach()
         if self.concepts is not None: result.update(q_src=out['_q_src'].detach(), q_tgt=out['_q_tgt'].detach())
     return result
-
-BYOLLearner.forward = _forward
-
-# %% ../nbs/14_models.ipynb #cd502eac
-def _concept_losses(self:BYOLLearner, pairs, z_v, zt_v, y_v, yt_v) -> dict[str, torch.Tensor]:
-    "Summed-over-directions concept losses and the codes (stacked direction-major)."
-    src, tgt = [k for k, _ in pairs], [j for _, j in pairs]
-    if self.per_view_batchnorm:
-        outs = [self.concepts(z_v[k], zt_v[j], y_v[k], yt_v[j]) for k, j in pairs]
-        total = {k: sum(o[k] for o in outs) for k in ('recon_src', 'recon_tgt', 'align')}
-        codes = {k: torch.cat([o[k] for o in outs]) for k in ('q_src', 'q_tgt')}
-    else:
-        o = self.concepts(z_v[src].flatten(0, 1), zt_v[tgt].flatten(0, 1), y_v[src].flatten(0, 1), yt_v[tgt].flatten(0, 1))
-        total = {k: len(pairs) * o[k] for k in ('recon_src', 'recon_tgt', 'align')}
-        codes = {k: o[k] for k in ('q_src', 'q_tgt')}
-    return {**{f'loss_{k}': v for k, v in total.items()}, '_q_src': codes['q_src'], '_q_tgt': codes['q_tgt']}
 
 # %% ../nbs/14_models.ipynb #16a3673b
 def build_learner(config:ModelConfig|None=None, # the learner; None: the `official` preset (`ModelConfig()`)
@@ -210,7 +211,7 @@ class ConvGRU(nn.Module):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.cell, self.dropout = ConvGRUCell(in_dim, hidden_dim, kernel_size), nn.Dropout(dropout)
-        _orthogonal_init(self.cell, init_gain)
+        orthogonal_init(self.cell, init_gain)
 
     def forward(self, x:torch.Tensor,        # (B, T, in_dim, H, W) input sequence
                 h:torch.Tensor|None=None     # (B, hidden_dim, H, W) initial state; None: zeros
@@ -246,7 +247,7 @@ class MemDPC(nn.Module):
         if memory: self.predictor = CompressiveMemory(hidden_dim, C, num_slots, hidden_dim)
         else:
             self.predictor = nn.Sequential(nn.Conv2d(hidden_dim, hidden_dim, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden_dim, C, 1))
-            _orthogonal_init(self.predictor, 0.1)
+            orthogonal_init(self.predictor, 0.1)
 
     def encode(self, blocks:torch.Tensor  # (B, N, 3, T, H, W)
               ) -> torch.Tensor:
@@ -268,8 +269,9 @@ def _predict_sequence(self:MemDPC, z:torch.Tensor, agg:ConvGRU):
         if step < P - 1: _, context = agg(F.relu(zhat)[:, None], context)
     return torch.stack(preds, 1), z[:, -P:], (torch.stack(probs, 1) if probs[0] is not None else None)
 
-def _memdpc_forward(self:MemDPC, blocks:torch.Tensor,  # (B, N, 3, T, H, W), N > pred_steps
-                    diagnostics:bool=False) -> dict[str, torch.Tensor]:
+@patch
+def forward(self:MemDPC, blocks:torch.Tensor,  # (B, N, 3, T, H, W), N > pred_steps
+            diagnostics:bool=False) -> dict[str, torch.Tensor]:
     "Loss `loss` (with gradient) and detached `loss_f`, `top1_f`, `top5_f` (and `_b` when bidirectional)."
     if blocks.dim() != 6 or blocks.shape[1] <= self.pred_steps:
         raise ValueError(f"MemDPC: blocks must be (B, N > {self.pred_steps}, 3, T, H, W), got shape {tuple(blocks.shape)}")
@@ -285,8 +287,6 @@ def _memdpc_forward(self:MemDPC, blocks:torch.Tensor,  # (B, N, 3, T, H, W), N >
             out.update({f'{k}_{name}': v for k, v in addressing_stats(prob, dim=2).items()})
     out['loss'] = sum(losses) / (len(losses) if self.direction_reduction == 'mean' else 1)
     return out
-
-MemDPC.forward = _memdpc_forward
 
 # %% ../nbs/14_models.ipynb #9bacdc2c
 def build_memdpc(backbone:str='r2d3d18', width:float=1.0, layers:tuple[int, ...]|None=None,

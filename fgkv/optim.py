@@ -72,19 +72,16 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is not None: self._update(p, _lars_direction(p, group), group)
         return loss
 
-# %% ../nbs/16_optim.ipynb #8236e5b7
-def _update(self:LARS, p:torch.Tensor, d_p:torch.Tensor, group:dict):
-    "torch SGD's momentum step (dampening 0) with direction `d_p`."
-    mom = group['momentum']
-    if mom:
-        state = self.state[p]
-        buf = state.get('momentum_buffer')
-        if buf is None: buf = state['momentum_buffer'] = d_p.detach().clone()
-        else: buf.mul_(mom).add_(d_p)
-        d_p = d_p.add(buf, alpha=mom) if group['nesterov'] else buf
-    p.add_(d_p, alpha=-group['lr'])
-
-LARS._update = _update
+    def _update(self, p:torch.Tensor, d_p:torch.Tensor, group:dict):
+        "torch SGD's momentum step (dampening 0) with direction `d_p`."
+        mom = group['momentum']
+        if mom:
+            state = self.state[p]
+            buf = state.get('momentum_buffer')
+            if buf is None: buf = state['momentum_buffer'] = d_p.detach().clone()
+            else: buf.mul_(mom).add_(d_p)
+            d_p = d_p.add(buf, alpha=mom) if group['nesterov'] else buf
+        p.add_(d_p, alpha=-group['lr'])
 
 # %% ../nbs/16_optim.ipynb #7bf16f17
 def lr_at(it:int,                      # iteration, 0-based

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import nn
 
 from . import distributed as dist
@@ -162,6 +163,7 @@ class Pretrainer:
         if resume and self.ckpt_path.exists(): self._restore(load_checkpoint(self.ckpt_path))
 
 # %% ../nbs/18_trainers.ipynb #9237bbde
+@patch
 def _train_step(self:Pretrainer, clips:torch.Tensor) -> dict:
     lr = learning_rate(self.cfg, self.step, self.total, self.steps_per_epoch)
     for g in self.optimizer.param_groups: g['lr'] = lr
@@ -180,57 +182,17 @@ def _autocast(precision:str, device:torch.device):
     if precision == 'fp32': return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == 'bf16' else torch.float16)
 
-Pretrainer._train_step = _train_step
-
+@patch
 def _distribute(self:Pretrainer, learner:nn.Module) -> nn.Module:
     "DDP: gradients all-reduced across processes (batch-norm layers are already synchronised)."
     ids = [self.info.device.index] if self.info.device.type == 'cuda' else None
     # buffers need no broadcast: synchronised BN keeps running statistics equal, the concept centre is all-reduced
     return nn.parallel.DistributedDataParallel(learner, device_ids=ids, broadcast_buffers=False)
 
-Pretrainer._distribute = _distribute
-
-# %% ../nbs/18_trainers.ipynb #03d73e65
-def _loader(self:Pretrainer, epoch:int, skip:int):
-    self.sampler.set_epoch(epoch, skip)
-    self.dataset.set_epoch(epoch)
-    return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.cfg.workers,
-                                       worker_init_fn=_one_thread, pin_memory=self.info.device.type == 'cuda',
-                                       persistent_workers=False)
-
-def _one_thread(_):
-    "Decoder and torch thread pools in every data-loader worker would oversubscribe the cores."
-    torch.set_num_threads(1)
-
-def _run(self:Pretrainer, max_steps:int|None=None) -> dict:
-    "Train until the end of the schedule (or `max_steps`); returns the last logged values."
-    stop = min(self.total, max_steps or self.cfg.max_steps or self.total)
-    logger = _Logger(self.out, self.step, self.main, self.progress, stop)
-    last = {}
-    try:
-        while self.step < stop:
-            epoch, skip = divmod(self.step, self.steps_per_epoch)
-            for batch in self._loader(epoch, skip):
-                clips = batch['clips'].to(self.info.device, non_blocking=True)
-                if self.cfg.channels_last: clips = clips.contiguous(memory_format=torch.channels_last_3d) if clips.dim() == 5 else clips
-                out = self._train_step(clips)
-                self.monitor.update(out, self.learner)
-                logger.tick(clips.shape[0] * clips.shape[1] * self.info.world_size)
-                if self.step % self.cfg.log_every == 0 or self.step == stop:
-                    last = logger.log(self.step, _scalars(out) | self.monitor.summary(self.learner))
-                if self.step % self.cfg.checkpoint_every == 0 or self.step == stop: self.save()
-                if self.step >= stop: break
-    finally: logger.close()
-    return last
-
-Pretrainer._loader, Pretrainer.run = _loader, _run
-
-def _scalars(out:dict) -> dict:
-    return {f'train/{k}': float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
-
 # %% ../nbs/18_trainers.ipynb #9a290316
 RESUME_FREE_KEYS = {'max_steps', 'workers', 'nproc', 'checkpoint_every', 'log_every'}
 
+@patch
 def _state(self:Pretrainer) -> dict:
     state = self.learner.state_dict()
     model = {k: v for k, v in state.items() if not k.startswith('target.')}
@@ -241,11 +203,13 @@ def _state(self:Pretrainer) -> dict:
                 optimizer=self.optimizer.state_dict(), rng=rng_state(),
                 config=to_dict(self.params), git_commit=git_commit())
 
-def _save(self:Pretrainer):
+@patch
+def save(self:Pretrainer):
     "Write the checkpoint (main process only)."
     if self.main: save_checkpoint(self.ckpt_path, self._state())
     dist.barrier()
 
+@patch
 def _restore(self:Pretrainer, state:dict):
     old, new = state['config'], to_dict(self.params)
     diff = sorted(f'{s}.{k}' for s in new for k in new[s] if not (s == 'pretrain' and k in RESUME_FREE_KEYS)
@@ -255,8 +219,6 @@ def _restore(self:Pretrainer, state:dict):
     self.optimizer.load_state_dict(state['optimizer'])
     set_rng_state(state['rng'])
     self.step = state['step']
-
-Pretrainer._state, Pretrainer.save, Pretrainer._restore = _state, _save, _restore
 
 # %% ../nbs/18_trainers.ipynb #6eea38e9
 class _Logger:
@@ -303,6 +265,44 @@ def _truncate_logs(live:Path, step:int):
         if len(keep) < len(rows):
             with atomic_path(tsv) as tmp, open(tmp, 'w', newline='') as f:
                 w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter='\t'); w.writeheader(); w.writerows(keep)
+
+# %% ../nbs/18_trainers.ipynb #03d73e65
+@patch
+def _loader(self:Pretrainer, epoch:int, skip:int):
+    self.sampler.set_epoch(epoch, skip)
+    self.dataset.set_epoch(epoch)
+    return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.cfg.workers,
+                                       worker_init_fn=_one_thread, pin_memory=self.info.device.type == 'cuda',
+                                       persistent_workers=False)
+
+def _one_thread(_):
+    "Decoder and torch thread pools in every data-loader worker would oversubscribe the cores."
+    torch.set_num_threads(1)
+
+@patch
+def run(self:Pretrainer, max_steps:int|None=None) -> dict:
+    "Train until the end of the schedule (or `max_steps`); returns the last logged values."
+    stop = min(self.total, max_steps or self.cfg.max_steps or self.total)
+    logger = _Logger(self.out, self.step, self.main, self.progress, stop)
+    last = {}
+    try:
+        while self.step < stop:
+            epoch, skip = divmod(self.step, self.steps_per_epoch)
+            for batch in self._loader(epoch, skip):
+                clips = batch['clips'].to(self.info.device, non_blocking=True)
+                if self.cfg.channels_last: clips = clips.contiguous(memory_format=torch.channels_last_3d) if clips.dim() == 5 else clips
+                out = self._train_step(clips)
+                self.monitor.update(out, self.learner)
+                logger.tick(clips.shape[0] * clips.shape[1] * self.info.world_size)
+                if self.step % self.cfg.log_every == 0 or self.step == stop:
+                    last = logger.log(self.step, _scalars(out) | self.monitor.summary(self.learner))
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == stop: self.save()
+                if self.step >= stop: break
+    finally: logger.close()
+    return last
+
+def _scalars(out:dict) -> dict:
+    return {f'train/{k}': float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
 
 # %% ../nbs/18_trainers.ipynb #9ddc9170
 def pretrain(params:Params, out, resume:bool=False, max_steps:int|None=None, progress:bool=True) -> dict:

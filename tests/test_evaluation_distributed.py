@@ -18,8 +18,9 @@ def run_all(prepared, ckpt):
     from fgkv.config import load_params
     from fgkv.datasets import build_dataset
     from fgkv.checkpoints import load_backbone
-    from fgkv.evaluation import (VideoClassifier, evaluate_classifier, extract_features, finetune, linear_head, linear_probe,
-                                 retrieval)
+    from fgkv.downstream import VideoClassifier, linear_head
+    from fgkv.inference import evaluate_classifier, extract_features
+    from fgkv.protocols import finetune, linear_probe, retrieval
     from fgkv.config import train_settings
     params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={prepared}', *OVERRIDES])
     train, test = build_dataset(params, 'train'), build_dataset(params, 'test')
@@ -62,7 +63,7 @@ def test_two_processes_match_one(tmp_path):
 
 if __name__ == '__main__':
     from fgkv import distributed as dist
-    from fgkv.evaluation import ShardSampler
+    from fgkv.inference import ShardSampler
     prepared, ckpt, out = map(Path, sys.argv[1:4])
     info = dist.init_distributed(backend='gloo')
     try:

@@ -59,7 +59,8 @@ def test_checkpoint_loading_reports_and_rejects(data, capsys):
 
 def test_test_views_are_deterministic(data):
     from fgkv.checkpoints import load_backbone
-    from fgkv.evaluation import VideoClassifier, evaluate_classifier, linear_head
+    from fgkv.downstream import VideoClassifier, linear_head
+    from fgkv.inference import evaluate_classifier
     test = data['test']
     assert test[0]['clips'].shape == (30, 3, 4, 32, 32)
     backbone, _ = load_backbone(data['ckpt'], verbose=False)
@@ -73,7 +74,7 @@ def test_test_views_are_deterministic(data):
 def test_every_protocol_end_to_end(data):
     from fgkv.checkpoints import load_backbone
     from fgkv.config import train_settings
-    from fgkv.evaluation import finetune, linear_probe, nonlinear_probe, retrieval, write_metrics
+    from fgkv.protocols import finetune, linear_probe, nonlinear_probe, retrieval, write_metrics
     work, classes = data['work'], data['classes']
     backbone, _ = load_backbone(data['ckpt'], verbose=False)
     quick = dict(epochs=2, batch_size=4, lr=0.05)
@@ -109,7 +110,7 @@ def test_every_protocol_end_to_end(data):
 def test_data_efficiency_end_to_end(data):
     from fgkv.checkpoints import load_backbone
     from fgkv.config import train_settings
-    from fgkv.evaluation import data_efficiency
+    from fgkv.protocols import data_efficiency
     backbone, _ = load_backbone(data['ckpt'], verbose=False)
     m = data_efficiency(backbone, data['train'], data['test'], 3, fractions=(0.34, 1.0), protocol='finetune',
                         s=train_settings('finetune', epochs=1, batch_size=3, lr=0.05), eval_batch_size=9)
@@ -118,7 +119,7 @@ def test_data_efficiency_end_to_end(data):
 
 
 def test_embed_writes_features(data):
-    from fgkv.evaluation import embed, load_embeddings, save_embeddings
+    from fgkv.inference import embed, load_embeddings, save_embeddings
     c, d = data['params'].clips, data['params'].downstream
     args = dict(frames=c.frames, stride=c.stride, num_clips=d.retrieval_clips, crop_size=c.crop_size, short_side=d.test_short_side)
     paths, feats = embed(data['ckpt'], data['work'] / 'raw/videos', batch_size=6, **args)
@@ -128,7 +129,7 @@ def test_embed_writes_features(data):
     assert p2 == paths and torch.equal(f2, feats)
     # the same videos through the retrieval dataset give the same features
     from fgkv.checkpoints import load_backbone
-    from fgkv.evaluation import extract_features
+    from fgkv.inference import extract_features
     q, _ = extract_features(load_backbone(data['ckpt'], verbose=False)[0], data['retrieval'])
     first = str(data['retrieval'].records[0].path)
     assert torch.allclose(q[0], feats[paths.index(first)], atol=1e-5)
@@ -140,7 +141,7 @@ def test_loads_a_trainer_checkpoint(data, kind, tmp_path):
     trainers = pytest.importorskip('fgkv.trainers')
     from fgkv.config import load_params
     from fgkv.checkpoints import load_backbone
-    from fgkv.evaluation import retrieval
+    from fgkv.protocols import retrieval
     params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={data["work"]}/prepared', *OVERRIDES, 'pretrain.batch_size=4',
                                                 'pretrain.workers=0', f'model.kind={kind}', 'model.width=0.125',
                                                 'memdpc.width=0.125', 'memdpc.crop_size=32', 'memdpc.block_frames=2', 'memdpc.blocks=5'])
