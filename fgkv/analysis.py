@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from sklearn.manifold import TSNE
 from torch.utils.data import DataLoader
 
 from .datasets import clip_indices, uniform_starts
@@ -25,7 +26,8 @@ from .transforms import test_views
 # %% auto #0
 __all__ = ['middle_clip_features', 'slot_counts', 'action_given_slot', 'slot_summary', 'slot_class_counts', 'slot_figure',
            'top_concepts', 'concept_top_clips', 'concept_figure', 'feature_similarity', 'similarity_summary',
-           'similarity_figure', 'tsne', 'memdpc_addressing', 'memory_class_stats', 'memdpc_memory_figure']
+           'similarity_figure', 'tsne', 'memdpc_addressing', 'memory_class_stats', 'memdpc_memory_figure',
+           'concept_summary', 'memdpc_summary', 'figure_metrics', 'metrics_by_variant']
 
 # %% ../nbs/30_analysis.ipynb #6430d2c9
 @contextlib.contextmanager
@@ -113,13 +115,13 @@ def action_given_slot(counts:torch.Tensor, # (N, C) from `slot_counts`
 def slot_summary(counts:torch.Tensor, # (N, C) from `slot_counts`
                  num_slots:int=50,     # the slots `action_given_slot` keeps
                 ) -> dict[str, float]:
-    "Class specificity of the most frequent slots (`entropy`, `entropy_norm`, `purity`) and slot usage (`slots_per_class`, `used_slots`)."
+    "Class specificity of the `shown_slots` most frequent slots (`entropy`, `entropy_norm`, `purity`) and slot usage (`slots_per_class`, `used_slots`)."
     p, _ = action_given_slot(counts, num_slots)
     entropy = -(p * p.clamp_min(1e-300).log()).sum(1)                     # (S,) nats
     C = counts.shape[1]
     return dict(entropy=float(entropy.mean()), entropy_norm=float(entropy.mean() / math.log(C)) if C > 1 else 0.0,
                 purity=float(p.max(1).values.mean()), slots_per_class=float((counts > 0).sum(0).double().mean()),
-                used_slots=int((counts.sum(1) > 0).sum()))
+                used_slots=int((counts.sum(1) > 0).sum()), shown_slots=len(p))
 
 # %% ../nbs/30_analysis.ipynb #98d7ab9a
 def slot_class_counts(learner:BYOLLearner,  # a KVMemPred or FGKVMemPred learner
@@ -185,12 +187,13 @@ def concept_top_clips(learner:BYOLLearner,  # an FGKVMemPred learner
                       dataset,              # a 'test' or 'retrieval' mode `ClipDataset`
                       concepts:int=3, clips:int=3, batch_size:int=32, workers:int=0,
                      ) -> dict:
-    "Fig. 5's data: `top_concepts` of softmax(q_src/τ_s) over the middle clips, with `index` (dataset rows), `frames` (n, m, T) and `mean_purity`."
+    "Fig. 5's data: `top_concepts` of softmax(q_src/τ_s) over the middle clips, with `index` (dataset rows), `frames` (n, m, T), `mean_purity` and `videos` (V)."
     if getattr(learner, 'concepts', None) is None:
         raise ValueError(f"concept_top_clips: the learner has no concept dictionaries (variant {getattr(learner, 'kind', type(learner).__name__)!r})")
     f = middle_clip_features(learner, dataset, batch_size, workers)
     out = top_concepts(torch.softmax(f['q_src'] / learner.concepts.tau_s, 1), f['label'], concepts, clips)
-    out.update(index=f['index'][out['video']], frames=f['frames'][out['video']], mean_purity=float(out['purity'].mean()))
+    out.update(index=f['index'][out['video']], frames=f['frames'][out['video']], mean_purity=float(out['purity'].mean()),
+               videos=len(f['label']))
     return out
 
 # %% ../nbs/30_analysis.ipynb #a69e20de
@@ -262,54 +265,25 @@ def similarity_figure(similarities:dict[str, torch.Tensor], # label -> (V,) from
     fig.tight_layout()
     return fig
 
-# %% ../nbs/30_analysis.ipynb #825e2a85
-def _affinities(dist2:torch.Tensor, # (n, n) squared distances
-                perplexity:float, iters:int=200, tol:float=1e-6) -> torch.Tensor:
-    "Conditional affinities P (n, n), rows sum to 1, each row's perplexity = `perplexity` (bisection on β_i)."
-    n = dist2.shape[0]
-    eye = torch.eye(n, dtype=torch.bool)
-    d = dist2.masked_fill(eye, math.inf)
-    d = (d - d.min(1, keepdim=True).values).masked_fill(eye, 0.)          # nearest neighbour at 0: no underflow
-    beta, lo, hi = torch.ones(n, 1, dtype=d.dtype), torch.zeros(n, 1, dtype=d.dtype), torch.full((n, 1), math.inf, dtype=d.dtype)
-    target = math.log(perplexity)
-    for _ in range(iters):
-        p = torch.exp(-d * beta).masked_fill(eye, 0.)
-        s = p.sum(1, keepdim=True)
-        h = s.log() + beta * (d * p).sum(1, keepdim=True) / s               # entropy in nats
-        if (h - target).abs().max() < tol: break
-        wide = h > target                                                   # too flat: sharpen (larger β)
-        lo, hi = torch.where(wide, beta, lo), torch.where(wide, hi, beta)
-        beta = torch.where(torch.isinf(hi), beta * 2, (lo + hi) / 2)
-    return p / s
-
 # %% ../nbs/30_analysis.ipynb #3294e12e
-def tsne(x:torch.Tensor,           # (n, d) points, 4 <= n (≲ 2000: O(n²))
-         perplexity:float=30.0,    # effective neighbours (capped at (n − 1)/3)
-         iters:int=1000, exaggeration:float=12.0, early_iters:int=250,
-        ) -> torch.Tensor:         # (n, 2) float32
-    "Exact, deterministic 2-D t-SNE (PCA start, momentum + gains, early exaggeration)."
-    if x.dim() != 2 or x.shape[0] < 4: raise ValueError(f"tsne: x must be (n >= 4, d), got shape {tuple(x.shape)}")
+def tsne(x:torch.Tensor,         # (n, d) points, n >= 4, d >= 2
+         perplexity:float=30.0,  # effective neighbours (capped at (n − 1)/3)
+         iters:int=1000,         # optimisation steps, >= 250 (the first 250 exaggerated)
+         exaggeration:float=12.0,
+         seed:int=0,             # the PCA start's randomised SVD
+        ) -> torch.Tensor:       # (n, 2) float32, centred
+    "2-D t-SNE of `x` (scikit-learn, Barnes–Hut, PCA start), deterministic for a given `seed`."
+    if x.dim() != 2 or x.shape[0] < 4 or x.shape[1] < 2: raise ValueError(f"tsne: x must be (n >= 4, d >= 2), got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all(): raise ValueError('tsne: x holds NaN or infinite values')
-    x = x.double()
-    n = x.shape[0]
-    P = _affinities(torch.cdist(x, x).square(), min(perplexity, (n - 1) / 3))
-    P = ((P + P.T) / (2 * n)).clamp_min(1e-12)
-    xc = x - x.mean(0)
-    u, sv, _ = torch.linalg.svd(xc, full_matrices=False)
-    y = u[:, :2] * sv[:2]
-    y = y * torch.sign(y.gather(0, y.abs().argmax(0, keepdim=True)))        # deterministic signs
-    y = y / y[:, 0].std().clamp_min(1e-12) * 1e-4
-    update, gains = torch.zeros_like(y), torch.ones_like(y)
-    lr = max(n / exaggeration / 4, 50.)
-    for it in range(iters):
-        early = it < early_iters
-        w = 1 / (1 + torch.cdist(y, y).square())
-        w.fill_diagonal_(0.)
-        m = ((exaggeration if early else 1.) * P - w / w.sum()) * w
-        grad = 4 * (m.sum(1, keepdim=True) * y - m @ y)
-        gains = torch.where((grad > 0) != (update > 0), gains + 0.2, gains * 0.8).clamp_min(0.01)
-        update = (0.5 if early else 0.8) * update - lr * gains * grad
-        y = y + update
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 250:
+        raise ValueError(f'tsne: iters must be an int >= 250 (scikit-learn always spends 250 on early exaggeration), got {iters!r}')
+    n, x = x.shape[0], x.detach().double().cpu()
+    x = x - x.mean(0)
+    scale = x.abs().max()
+    if scale == 0: return torch.zeros(n, 2)                                # one point, n times: one place
+    y = TSNE(2, perplexity=min(perplexity, (n - 1) / 3), early_exaggeration=exaggeration, learning_rate='auto', max_iter=iters,
+             init='pca', random_state=seed).fit_transform((x / scale).numpy())
+    y = torch.from_numpy(y).double()
     return (y - y.mean(0)).float()
 
 # %% ../nbs/30_analysis.ipynb #8b6d7653
@@ -391,3 +365,38 @@ def memdpc_memory_figure(learner:MemDPC,
     if C <= 20: right.legend(fontsize=6, loc='center left', bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     return fig, stats
+
+# %% ../nbs/30_analysis.ipynb #b2bc13a5
+def concept_summary(result:dict # from `concept_top_clips`
+                   ) -> dict:
+    "Fig. 5's numbers: `concepts_shown`, their `mean_purity` and `top_concept_share`, the share of videos whose arg-max is the most frequent concept."
+    if 'videos' not in result: raise ValueError("concept_summary: result has no 'videos' count; pass what concept_top_clips returns")
+    return dict(concepts_shown=len(result['concept']), mean_purity=result['mean_purity'],
+                top_concept_share=float(result['frequency'][0]) / result['videos'])
+
+def memdpc_summary(stats:dict # from `memory_class_stats` (or the stats of `memdpc_memory_figure`)
+                  ) -> dict:
+    "The memory map's numbers: `addressing_purity`, `knn_accuracy`, `usage_perplexity` and the number of `slots`."
+    return dict(addressing_purity=stats['addressing_purity'], knn_accuracy=stats['knn_accuracy'],
+                usage_perplexity=stats['usage_perplexity'], slots=len(stats['usage']))
+
+# %% ../nbs/30_analysis.ipynb #c7df5da5
+def figure_metrics(figure:str,   # 'fig4', 'fig5', 'fig6', 'memdpc', ...
+                   values:dict,  # name -> number, e.g. `slot_summary(...)`
+                   variant:str|None=None, # the study variant the numbers belong to
+                   prefix:str='',         # before each name, e.g. 'same_clip_'
+                  ) -> dict:
+    "`values` under analysis.json's keys: '<figure>/<variant>_<prefix><name>', or '<figure>/<prefix><name>' without a variant."
+    for what, name in (('figure', figure), ('variant', variant)):
+        if (what == 'figure' or name is not None) and not (isinstance(name, str) and name and '/' not in name):
+            raise ValueError(f"figure_metrics: {what} must be a non-empty name without '/', got {name!r}")
+    bad = [k for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad: raise ValueError(f'figure_metrics: {figure}: metrics must be plain numbers (JSON), {bad} are not')
+    head = f'{figure}/{variant}_' if variant is not None else f'{figure}/'
+    return {f'{head}{prefix}{k}': v for k, v in values.items()}
+
+def metrics_by_variant(metrics:dict, # flat, with `figure_metrics` keys
+                       variants,     # variant names
+                      ) -> dict[str, dict]:
+    "Each variant's metrics with the variant taken out of the key ('fig4/fgkv_purity' -> 'fig4/purity'); a figure named after a variant ('memdpc/…') belongs to it."
+    return {v: {k.replace(f'/{v}_', '/'): x for k, x in metrics.items() if f'/{v}_' in k or k.startswith(f'{v}/')} for v in variants}

@@ -154,7 +154,6 @@ class ClipDataset(Dataset):
     @property
     def labels(self) -> list[int]: return [r.label for r in self.records]
 
-# %% ../nbs/06_datasets.ipynb #1202e43b
 def _starts(self:ClipDataset, i:int, generator) -> list[int]:
     n = self.records[i].info.num_frames
     args = (n, self.frames, self.stride)

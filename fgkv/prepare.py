@@ -23,12 +23,13 @@ import av
 import numpy as np
 
 from .core import atomic_open, sample_seed
-from .video import VideoInfo, VideoReadError, probe_video, write_video
+from .video import VideoInfo, VideoReadError, probe_video, read_frames, write_video
 
 # %% auto #0
 __all__ = ['DATASETS', 'KINETICS_EXTENSIONS', 'MANIFEST_COLUMNS', 'AnnotationError', 'Entry', 'Split', 'parse_ucf101',
            'parse_hmdb51', 'parse_kinetics400', 'locate_kinetics', 'list_folder', 'stratified_split', 'parse_split',
-           'ManifestRow', 'read_videos_root', 'PrepareSummary', 'prepare_dataset']
+           'resolve_annotations', 'ManifestRow', 'read_videos_root', 'PrepareSummary', 'prepare_dataset',
+           'prepared_metrics', 'class_counts_figure', 'examples_figure']
 
 # %% ../nbs/04_prepare.ipynb #287ca220
 DATASETS = ('ucf101', 'hmdb51', 'kinetics400', 'folder')
@@ -265,6 +266,16 @@ def parse_split(dataset:str, # 'ucf101', 'hmdb51', 'kinetics400' or 'folder'
     if dup: raise AnnotationError(f'{annotations}: {len(dup)} videos are listed more than once (e.g. {dup[0]!r}; in train and test?)')
     return sp
 
+# %% ../nbs/04_prepare.ipynb #58d9643e
+def resolve_annotations(dataset:str, # 'ucf101', 'hmdb51', 'kinetics400' or 'folder'
+                        annotations=None, # what the params file or the command line gives
+                       ):
+    "The annotations `prepare_dataset` takes for `dataset`: None for 'folder' (whatever was given), else `annotations`, which must be set."
+    if dataset not in DATASETS: raise ValueError(f'dataset must be one of {list(DATASETS)}, got {dataset!r}')
+    if dataset == 'folder': return None
+    if annotations is None: raise ValueError(f'dataset {dataset!r} needs annotations (its official split files)')
+    return annotations
+
 # %% ../nbs/04_prepare.ipynb #c4d9730f
 def _scaled_size(width:int, height:int, short_side:int) -> tuple[int, int]:
     "Display (width, height) with the short side `short_side` and the long side the nearest even number to the scaled one."
@@ -343,7 +354,6 @@ def _csv_text(header, rows) -> str:
 def _manifest_text(rows:list[ManifestRow]) -> str:
     return _csv_text(MANIFEST_COLUMNS, [(r.path, r.label, r.num_frames, repr(float(r.fps)), r.width, r.height) for r in rows])
 
-# %% ../nbs/04_prepare.ipynb #8ccdcd74
 def _read_manifest(path, # a train.csv / test.csv written by `prepare_dataset`
                   ) -> list[ManifestRow]:
     "The rows of a manifest, checked (the training code reads manifests with `fgkv.datasets.read_manifest`)."
@@ -476,3 +486,57 @@ def prepare_dataset(dataset:str, # 'ucf101', 'hmdb51', 'kinetics400' or 'folder'
         with atomic_open(out/name) as f: f.write(text)
     return PrepareSummary(dataset, split, out, read_videos_root(out), sp.classes, {'train': len(sp.train), 'test': len(sp.test)},
                           {'train': len(train), 'test': len(test)}, tuple(rejected), time.time() - start)
+
+# %% ../nbs/04_prepare.ipynb #eb4d8be9
+def _prepared(out) -> tuple[list[str], list[ManifestRow], list[ManifestRow]]:
+    "Classes, train rows and test rows of a folder written by `prepare_dataset`."
+    out = Path(out)
+    if not (out/'classes.txt').is_file(): raise FileNotFoundError(f"{out/'classes.txt'}: not found; is {out} a folder written by prepare_dataset?")
+    return (out/'classes.txt').read_text().splitlines(), _read_manifest(out/'train.csv'), _read_manifest(out/'test.csv')
+
+def prepared_metrics(out, # a folder written by `prepare_dataset`
+                    ) -> dict:
+    "`classes`, `train_videos`, `test_videos`, `rejected_videos` and the mean and smallest `frames_per_video` of `out`."
+    classes, train, test = _prepared(out)
+    if not train + test: raise ValueError(f'{out}: train.csv and test.csv list no videos')
+    with open(Path(out)/'rejected.csv', newline='') as f: rejected = sum(1 for _ in csv.reader(f)) - 1   # less the header
+    frames = np.array([r.num_frames for r in train + test])
+    return {'classes': len(classes), 'train_videos': len(train), 'test_videos': len(test), 'rejected_videos': rejected,
+            'frames_per_video_mean': float(frames.mean()), 'frames_per_video_min': int(frames.min())}
+
+# %% ../nbs/04_prepare.ipynb #0a549aaa
+def class_counts_figure(out, # a folder written by `prepare_dataset`
+                       ):
+    "Bar chart (a matplotlib `Figure`) of the videos per class in `out`'s train and test manifests."
+    from matplotlib.figure import Figure
+    classes, train, test = _prepared(out)
+    counts = {s: np.bincount(np.array([r.label for r in rows], dtype=np.int64), minlength=len(classes)) for s, rows in (('train', train), ('test', test))}
+    fig = Figure(figsize=(max(6, len(classes) * 0.5), 3))
+    ax = fig.add_subplot()
+    x = np.arange(len(classes))
+    ax.bar(x - 0.2, counts['train'], 0.4, label='train'); ax.bar(x + 0.2, counts['test'], 0.4, label='test')
+    ax.set_xticks(x, classes, rotation=60, ha='right', fontsize=7); ax.set_ylabel('videos'); ax.legend()
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/04_prepare.ipynb #afabffe3
+def examples_figure(out, # a folder written by `prepare_dataset`
+                    max_classes:int=12,
+                   ):
+    "First, middle and last frame of the first training video of each of the first `max_classes` classes of `out` (a matplotlib `Figure`)."
+    from matplotlib.figure import Figure
+    classes, train, _ = _prepared(out)
+    first = {}
+    for r in train: first.setdefault(r.label, r)
+    shown = [first[c] for c in range(min(len(classes), max_classes)) if c in first]
+    if not shown: raise ValueError(f"{Path(out)/'train.csv'}: no training video to show")
+    root = read_videos_root(out)
+    fig = Figure(figsize=(4.5, 1.5 * len(shown)))
+    axes = fig.subplots(len(shown), 3, squeeze=False)
+    for row, r in zip(axes, shown):
+        n = r.num_frames
+        for ax, frame in zip(row, read_frames(root/r.path, [0, n // 2, n - 1])):
+            ax.imshow(frame.numpy()); ax.set_axis_off()
+        row[0].set_title(classes[r.label], fontsize=7, loc='left')
+    fig.tight_layout()
+    return fig

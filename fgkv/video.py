@@ -233,7 +233,6 @@ class PyAVBackend:
         s.codec_context.thread_count = self.threads
         return c, s
 
-# %% ../nbs/02_video.ipynb #4ee71965
 def _pyav_read_sequential(self:PyAVBackend, indices):
     want, out, n = set(indices), {}, 0
     c, s = self._open()
@@ -267,6 +266,11 @@ def _pyav_read_seek(self:PyAVBackend, indices):
 PyAVBackend._read_sequential, PyAVBackend._read_seek = _pyav_read_sequential, _pyav_read_seek
 
 # %% ../nbs/02_video.ipynb #b0cd6cc4
+def _file_key(path):
+    "What the per-process caches key a file by besides its path: a rewritten file gets a fresh index and reader."
+    st = Path(path).stat()
+    return st.st_size, st.st_mtime_ns
+
 @functools.lru_cache(maxsize=64)
 def _pyav_index(path:str, file_key) -> PyAVBackend: return PyAVBackend(path)
 
@@ -355,10 +359,6 @@ def available_backends() -> list[str]:
     return [n for n in SPEED_ORDER if backend_passes_self_check(n)]
 
 # %% ../nbs/02_video.ipynb #78771e4f
-def _file_key(path):
-    st = Path(path).stat()
-    return st.st_size, st.st_mtime_ns
-
 @functools.lru_cache(maxsize=16)
 def _open_backend(name:str, path:str, threads:int, num_frames:int, file_key):
     return BACKENDS[name](path, threads, num_frames=num_frames)
