@@ -62,29 +62,22 @@ PREDICTORS = ('mlp', 'kvmem', 'fgkv')
 class BYOLLearner(nn.Module):
     "ρBYOL / KVMemPred / FGKVMemPred pre-training: online encoder + predictor, EMA target encoder, summed per-direction losses."
     def __init__(self, backbone:nn.Module,   # online backbone; needs attribute `feat_dim`
-                 predictor:str='fgkv',        # 'mlp' (ρBYOL), 'kvmem' (KVMemPred) or 'fgkv' (FGKVMemPred)
-                 proj_hidden:int=4096, proj_dim:int=256, # projector widths (d_proj = d_mem)
-                 pred_hidden:int=4096,        # hidden width of the `mlp` predictor
-                 num_slots:int=4096, scale:float=64.0, query_layers:int=2, query_hidden:int=256, # KV memory: N, r, φ
-                 num_concepts:int=4096, dict_hidden:int=512, # concept module: K, hidden width of D
-                 recon:str='l2', alpha:float=0.01, beta:float=0.01, # reconstruction kind and the weights of Eq. 9
-                 pred_scale:float=1.0,        # factor of the prediction loss (official: 1/0.5)
-                 tau_s:float=0.05, tau_t:float=0.05, center_momentum:float=0.9, center_sign:str='subtract',
-                 per_view_batchnorm:bool=False): # BN statistics per clip view (official code) instead of over all views
+                 config:ModelConfig):         # every other setting: predictor, head widths, N, K, r, losses (`fgkv.config`)
         super().__init__()
-        if predictor not in PREDICTORS: raise ValueError(f"BYOLLearner: predictor must be one of {PREDICTORS}, got {predictor!r}")
+        c = self.config = config
+        if c.predictor not in PREDICTORS: raise ValueError(f"BYOLLearner: predictor must be one of {PREDICTORS}, got {c.predictor!r}")
         feat_dim = getattr(backbone, 'feat_dim', None)
         if not isinstance(feat_dim, int): raise ValueError("BYOLLearner: backbone must have an int attribute `feat_dim`")
-        if recon not in RECON_KINDS: raise ValueError(f"BYOLLearner: recon must be one of {RECON_KINDS}, got {recon!r}")
-        if center_sign not in CENTER_SIGNS: raise ValueError(f"BYOLLearner: center_sign must be one of {CENTER_SIGNS}, got {center_sign!r}")
-        self.kind, self.alpha, self.beta, self.pred_scale = predictor, alpha, beta, pred_scale
-        self.per_view_batchnorm = per_view_batchnorm
-        self.backbone, self.projector = backbone, projector(feat_dim, proj_hidden, proj_dim)   # online f_θ, g_θ
+        if c.recon not in RECON_KINDS: raise ValueError(f"BYOLLearner: recon must be one of {RECON_KINDS}, got {c.recon!r}")
+        if c.center_sign not in CENTER_SIGNS: raise ValueError(f"BYOLLearner: center_sign must be one of {CENTER_SIGNS}, got {c.center_sign!r}")
+        self.kind, self.alpha, self.beta, self.pred_scale = c.predictor, c.alpha, c.beta, c.pred_scale
+        self.per_view_batchnorm = c.per_view_batchnorm
+        self.backbone, self.projector = backbone, projector(feat_dim, c.proj_hidden, c.proj_dim)   # online f_θ, g_θ
         self.target = ProjectedEncoder(copy.deepcopy(self.backbone), copy.deepcopy(self.projector)).requires_grad_(False)
-        self.predictor = (mlp_predictor(proj_dim, pred_hidden) if predictor == 'mlp' else
-                          KVMemoryPredictor(proj_dim, proj_dim, num_slots, scale, query_layers, query_hidden))
-        self.concepts = (ConceptAlignment(proj_dim, feat_dim, num_concepts, dict_hidden, tau_s, tau_t, center_momentum,
-                                          recon, center_sign) if predictor == 'fgkv' else None)
+        self.predictor = (mlp_predictor(c.proj_dim, c.pred_hidden) if c.predictor == 'mlp' else
+                          KVMemoryPredictor(c.proj_dim, c.proj_dim, c.num_slots, c.scale, c.query_layers, c.query_hidden))
+        self.concepts = (ConceptAlignment(c.proj_dim, feat_dim, c.num_concepts, c.dict_hidden, c.tau_s, c.tau_t, c.center_momentum,
+                                          c.recon, c.center_sign) if c.predictor == 'fgkv' else None)
 
     def encode(self, x:torch.Tensor  # (B, 3, T, H, W) clips
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,13 +172,8 @@ def build_learner(config:ModelConfig|None=None, # the learner; None: the `offici
     "Build the `BYOLLearner` that `config` describes."
     config = dataclasses.replace(config or ModelConfig(), **changes)
     if config.kind != 'byol': raise ValueError(f"build_learner: config.kind must be 'byol' (MemDPC: `build_memdpc`), got {config.kind!r}")
-    c = config
-    kw = dict(width=c.width) if c.layers is None else dict(width=c.width, layers=tuple(c.layers))
-    return BYOLLearner(create_backbone(c.backbone, **kw), predictor=c.predictor, proj_hidden=c.proj_hidden, proj_dim=c.proj_dim,
-                       pred_hidden=c.pred_hidden, num_slots=c.num_slots, scale=c.scale, query_layers=c.query_layers,
-                       query_hidden=c.query_hidden, num_concepts=c.num_concepts, dict_hidden=c.dict_hidden, recon=c.recon,
-                       alpha=c.alpha, beta=c.beta, pred_scale=c.pred_scale, tau_s=c.tau_s, tau_t=c.tau_t,
-                       center_momentum=c.center_momentum, center_sign=c.center_sign, per_view_batchnorm=c.per_view_batchnorm)
+    kw = dict(width=config.width) if config.layers is None else dict(width=config.width, layers=tuple(config.layers))
+    return BYOLLearner(create_backbone(config.backbone, **kw), config)
 
 # %% ../nbs/14_models.ipynb #08b34b07
 class ConvGRUCell(nn.Module):
