@@ -92,9 +92,12 @@ def _prepare(args):
     if args.split is None:
         if args.dataset in OFFICIAL_SPLITS: raise SystemExit(f'fgkv: --split is required for --dataset {args.dataset} (official split 1, 2 or 3)')
         args.split = 1
-    if args.dataset == 'folder': args.annotations = None   # the class folders are the annotation
-    elif args.annotations is None: raise SystemExit(f'fgkv: --annotations is required for --dataset {args.dataset}')
-    from fgkv.prepare import prepare_dataset
+    from fgkv.prepare import prepare_dataset, resolve_annotations
+    # fgkv.prepare's rule: a folder dataset's class folders are its annotation (a given one is dropped), every other
+    # dataset needs one. --dataset is already one of its names (argparse and the config check), so the only refusal
+    # left is a missing annotation, reported with the option's name.
+    try: args.annotations = resolve_annotations(args.dataset, args.annotations)
+    except ValueError: raise SystemExit(f'fgkv: --annotations is required for --dataset {args.dataset}') from None
     summary = prepare_dataset(args.dataset, args.videos, args.annotations, args.split, args.out, workers=args.workers,
                               min_frames=args.min_frames, resize_short_side=args.resize_short_side,
                               test_fraction=args.test_fraction, seed=args.seed, exact=not args.fast_probe, progress=args.progress)

@@ -9,8 +9,9 @@ import contextlib
 import hashlib
 import os
 import random
+import secrets
+import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +21,33 @@ import torch
 __all__ = ['atomic_path', 'atomic_open', 'save_figure', 'seed_everything', 'sample_seed', 'sample_generator', 'git_commit']
 
 # %% ../nbs/00_core.ipynb #9eb1481f
+def _sibling(path:Path) -> tuple[Path, int]:
+    "Create an empty file with a fresh name beside `path`; returns it and its mode."
+    # not mkstemp: its 0600 would reach the final file; creating with 0666 lets the kernel apply the
+    # umask (and a default ACL) exactly as for `open(path, 'w')`
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_BINARY', 0)
+    for _ in range(100):
+        tmp = path.parent/f'.{path.name}.{secrets.token_hex(4)}.tmp'   # os.urandom: the seeded generators are not touched
+        try: fd = os.open(tmp, flags, 0o666)
+        except FileExistsError: continue
+        try: return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally: os.close(fd)
+    raise FileExistsError(f'{path}: no free temporary name beside it')
+
 @contextlib.contextmanager
 def atomic_path(path, # the file that should appear only when complete
                ):
     "Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp, new_mode = _sibling(path)
     try:
         yield tmp
+        # the final file gets the mode a plain `open(path, 'w')` gives: an existing file's own, else the
+        # new-file mode (also if the block recreated `tmp`)
+        try: mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError: mode = new_mode
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch.utils.data import Dataset
 
 from .core import sample_generator
@@ -154,6 +155,7 @@ class ClipDataset(Dataset):
     @property
     def labels(self) -> list[int]: return [r.label for r in self.records]
 
+@patch
 def _starts(self:ClipDataset, i:int, generator) -> list[int]:
     n = self.records[i].info.num_frames
     args = (n, self.frames, self.stride)
@@ -163,7 +165,8 @@ def _starts(self:ClipDataset, i:int, generator) -> list[int]:
     if self.mode == 'blocks': return random_starts(n, self.frames * self.num_clips, self.stride, 1, generator, short_video=self.short_video)
     return uniform_starts(*args, self.num_clips, self.short_video)
 
-def _getitem(self:ClipDataset, i:int) -> dict:
+@patch
+def __getitem__(self:ClipDataset, i:int) -> dict:
     for attempt in range(len(self)):
         j = (i + attempt) % len(self)
         try: return self._item(j, i)
@@ -172,6 +175,7 @@ def _getitem(self:ClipDataset, i:int) -> dict:
             warnings.warn(f'{e}; using the next video instead')
     raise VideoReadError(self.records[i].path, 'no readable video in the dataset')
 
+@patch
 def _item(self:ClipDataset, j:int, i:int) -> dict:
     g = sample_generator(self.seed, self.epoch, i)
     n = self.records[j].info.num_frames
@@ -185,8 +189,6 @@ def _item(self:ClipDataset, j:int, i:int) -> dict:
     elif self.mode == 'train': out = self.transform(clips[0], g)
     else: out = torch.cat([v if v.dim() == 5 else v[None] for v in map(self.transform, clips)]) # views: (V,C,T,S,S) or one (C,T,S,S)
     return {'clips': out, 'label': self.records[j].label, 'index': j}
-
-ClipDataset._starts, ClipDataset.__getitem__, ClipDataset._item = _starts, _getitem, _item
 
 # %% ../nbs/06_datasets.ipynb #717c0dfe
 def build_dataset(params, # `fgkv.config.Params`

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from . import distributed as dist
 from .checkpoints import load_backbone
-from .core import atomic_path, atomic_open, sample_generator
+from .core import atomic_path, atomic_open, sample_generator, save_figure
 from .datasets import ClipDataset, FrameSource, VideoRecord, read_manifest
 from .metrics import classification_metrics, confusion_figure, confusion_matrix, per_class_accuracy, stable_topk
 from .prepare import MANIFEST_COLUMNS, read_videos_root
@@ -128,7 +128,7 @@ def save_test_artifacts(result:TestResult, out, class_names:list[str]|None=None)
         w = csv.writer(f); w.writerow(['class', 'videos', 'accuracy'])
         for name, n, acc in zip(names, result.confusion.sum(1).tolist(), result.per_class_accuracy.tolist()):
             w.writerow([name, n, '' if math.isnan(acc) else f'{acc:.4f}'])
-    with atomic_path(out/'confusion.png') as tmp: result.figure(names).savefig(tmp, format='png', dpi=100)
+    save_figure(result.figure(names), out/'confusion.png', dpi=100)
     with atomic_path(out/'scores.pt') as tmp: torch.save({'scores': result.scores, 'labels': result.labels, 'classes': names}, tmp)
 
 # %% ../nbs/21_inference.ipynb #07d5576c

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 from .core import atomic_path
 
@@ -233,7 +234,8 @@ class PyAVBackend:
         s.codec_context.thread_count = self.threads
         return c, s
 
-def _pyav_read_sequential(self:PyAVBackend, indices):
+@patch
+def _read_sequential(self:PyAVBackend, indices):
     want, out, n = set(indices), {}, 0
     c, s = self._open()
     with c:
@@ -243,7 +245,8 @@ def _pyav_read_sequential(self:PyAVBackend, indices):
     if len(out) != len(want): raise VideoReadError(self.path, f'frame {max(want - set(out))} not decodable (only {n} frames)')
     return np.stack([out[i] for i in indices])
 
-def _pyav_read_seek(self:PyAVBackend, indices):
+@patch
+def _read_seek(self:PyAVBackend, indices):
     "Keyframe-seek decoding; None if the decoded time stamps do not match the packet index."
     import bisect
     out, frames, cur = [], None, None
@@ -262,8 +265,6 @@ def _pyav_read_seek(self:PyAVBackend, indices):
             else: return None
             out.append(frame.to_ndarray(format='rgb24'))
     return np.stack(out)
-
-PyAVBackend._read_sequential, PyAVBackend._read_seek = _pyav_read_sequential, _pyav_read_seek
 
 # %% ../nbs/02_video.ipynb #b0cd6cc4
 def _file_key(path):
