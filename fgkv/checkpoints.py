@@ -13,7 +13,7 @@ from torch import nn
 
 from . import distributed as dist
 from .backbones import create_backbone
-from .core import atomic_path
+from .core import atomic_open
 from .models import build_learner, build_memdpc
 
 # %% auto #0
@@ -24,9 +24,10 @@ __all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_checkpoint', 'LoadRepor
 CHECKPOINT_FORMAT = 'fgkv-checkpoint-v1'
 
 def save_checkpoint(path, state:dict):
-    "Write `state` to `path` atomically."
+    "Write `state` to `path` atomically; the same state gives the same bytes."
     if state.get('format') != CHECKPOINT_FORMAT: raise ValueError(f"{path}: a checkpoint needs format {CHECKPOINT_FORMAT!r}, got {state.get('format')!r}")
-    with atomic_path(path) as tmp: torch.save(state, tmp)
+    # through a file object: given a path, torch.save names the archive's folder after the (random) temporary file
+    with atomic_open(path, 'wb') as f: torch.save(state, f)
 
 def load_checkpoint(path) -> dict:
     "Read a checkpoint written by `save_checkpoint`, refusing anything else with an error naming the file."

@@ -9,10 +9,9 @@ import copy
 import dataclasses
 import re
 import types
-import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -510,7 +509,7 @@ def apply_profile(profile, params='params.yaml') -> list[str]:
     from ruamel.yaml import YAML, CommentedMap, CommentedSeq
     from fgkv.core import atomic_open
     profile, params = Path(profile), Path(params)
-    (root, _), *overlays = chain = _extends_chain(profile)
+    (root, _), *overlays = _extends_chain(profile)
     in_place = root.resolve() == params.resolve()
     merged = read_params_file(profile)
     _check_study(from_dict(Params, resolve_presets(merged, f"{params} with {profile}"), f"{params} with {profile}").study, str(profile))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from . import distributed as dist
 from .checkpoints import load_backbone
-from .core import atomic_path, atomic_open, sample_generator, save_figure
+from .core import atomic_open, sample_generator, save_figure
 from .datasets import ClipDataset, FrameSource, VideoRecord, read_manifest
 from .metrics import classification_metrics, confusion_figure, confusion_matrix, per_class_accuracy, stable_topk
 from .prepare import MANIFEST_COLUMNS, read_videos_root
@@ -129,7 +129,7 @@ def save_test_artifacts(result:TestResult, out, class_names:list[str]|None=None)
         for name, n, acc in zip(names, result.confusion.sum(1).tolist(), result.per_class_accuracy.tolist()):
             w.writerow([name, n, '' if math.isnan(acc) else f'{acc:.4f}'])
     save_figure(result.figure(names), out/'confusion.png', dpi=100)
-    with atomic_path(out/'scores.pt') as tmp: torch.save({'scores': result.scores, 'labels': result.labels, 'classes': names}, tmp)
+    with atomic_open(out/'scores.pt', 'wb') as f: torch.save({'scores': result.scores, 'labels': result.labels, 'classes': names}, f)   # a file object: byte-stable
 
 # %% ../nbs/21_inference.ipynb #07d5576c
 @dataclass(frozen=True)
@@ -215,10 +215,9 @@ def save_embeddings(path, paths:list[str], features:torch.Tensor) -> None:
     path = Path(path)
     if len(paths) != len(features): raise ValueError(f'save_embeddings: {len(paths)} paths for {len(features)} features')
     if path.suffix not in ('.pt', '.npz'): raise ValueError(f'{path}: the embeddings file must end in .pt or .npz')
-    with atomic_path(path) as tmp:
-        if path.suffix == '.pt': torch.save({'paths': list(map(str, paths)), 'features': features.cpu()}, tmp)
-        else:
-            with open(tmp, 'wb') as f: np.savez(f, paths=np.array(list(map(str, paths))), features=features.cpu().numpy())
+    with atomic_open(path, 'wb') as f:   # a file object: torch.save would name its archive after a path's random temporary name
+        if path.suffix == '.pt': torch.save({'paths': list(map(str, paths)), 'features': features.cpu()}, f)
+        else: np.savez(f, paths=np.array(list(map(str, paths))), features=features.cpu().numpy())
 
 def load_embeddings(path) -> tuple[list[str], torch.Tensor]:
     "Read what `save_embeddings` wrote."

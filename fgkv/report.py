@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Params, apply_overrides, from_dict, load_params, to_dict
+from .config import Params, load_params, to_dict
 from .core import atomic_open, git_commit
 from .metrics import paired_bootstrap_ci, stable_topk
 from .protocols import backbone_spec
