@@ -7,7 +7,7 @@ The data are the embedded dataset's videos (`fgkv.synth`, the `synth` section: `
 straight into memory (no encoding, no decoding) and split into train/test videos by group as `fgkv synth` splits them.
 With `--encode yuv420p` (or `yuv444p`) each rendered video first makes a round trip through H.264 as `fgkv synth`
 writes it (`fgkv.synth.CRF`, `GOP`), with that chroma sampling. With `--data prepared` the data are the study's own
-prepared dataset instead (`dataset.prepared` manifests, the encoded videos decoded once into memory by
+prepared dataset instead (the `prepared` manifests of `dataset`, the encoded videos decoded once into memory by
 `FrameSource(cache=True)`), which isolates the input path from everything else.
 Everything else is the study's own code and settings: `fgkv.datasets.build_dataset` over an in-memory `FrameSource`
 (clip sampling and augmentation of `clips`, `augment`, `downstream`), `fgkv.trainers.build_pretrain_model` with the
@@ -64,7 +64,7 @@ def render_encoded(pix_fmt:str|None, *job) -> np.ndarray:
 
 def render_split(params:Params, workers:int=1, pix_fmt:str|None=None) -> dict[str, tuple[list[VideoRecord], list[np.ndarray]]]:
     "The synth section's videos, rendered into memory (`pix_fmt`: through H.264): {'train': (records, frames), 'test': ...}."
-    s = params.synth
+    s = params.synth[params.dataset]
     plan = dataset_plan(s.classes, s.per_class)
     jobs = [(pix_fmt, s.seed, e['cls'], e['group'], e['clip'], s.frames, s.size, s.scenes, s.class_look, s.object_scale, s.background_contrast,
              s.distractors) for e in plan]
@@ -81,7 +81,7 @@ def render_split(params:Params, workers:int=1, pix_fmt:str|None=None) -> dict[st
 
 def decode_prepared(params:Params) -> dict[str, FrameSource]:
     "The study's prepared train/test manifests, every video decoded once into memory."
-    prepared = Path(params.dataset.prepared)
+    prepared = params.prepared_dir
     if not (prepared/'train.csv').exists(): raise SystemExit(f'--data prepared: {prepared}/train.csv is missing; run `dvc repro prepare` first')
     root = read_videos_root(prepared)
     return {split: FrameSource(read_manifest(prepared/f'{split}.csv', root), params.decode.backend, params.decode.threads, cache=True)
@@ -120,7 +120,7 @@ def pretrain(params:Params, data:dict, steps:int, seed:int, workers:int, eval_ev
     epochs = math.ceil(steps / steps_per_epoch)
     cfg = dataclasses.replace(cfg, epochs=epochs)
     total = epochs * steps_per_epoch
-    opt = build_optimizer(cfg.optimizer, learner, lr=cfg.lr, weight_decay=spec.weight_decay)
+    opt = build_optimizer(cfg.optimizer, learner, lr=cfg.lr, weight_decay=spec.weight_decay, nesterov=params.model.nesterov)
     sampler = GlobalBatchSampler(len(ds), cfg.batch_size, seed=seed)
     loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers)
     backbone = learner.backbone
@@ -177,7 +177,7 @@ def main(argv=None):
     if args.data == 'rendered': data = {k: FrameSource.from_frames(*v) for k, v in render_split(params, 2, args.encode).items()}
     else: data = decode_prepared(params)
     n_train, n_test = (len(data[k].records) for k in ('train', 'test'))
-    what = f'{params.synth}, H.264 {args.encode or "none"}' if args.data == 'rendered' else params.dataset.prepared
+    what = f'{params.synth[params.dataset]}, H.264 {args.encode or "none"}' if args.data == 'rendered' else params.prepared_dir
     print(f'data ({args.data}): {what} -> {n_train} train / {n_test} test videos, in {time.time() - t0:.0f} s', flush=True)
     results = []   # dicts: seed, method, step, readout, top1, correct (list)
 

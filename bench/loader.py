@@ -60,7 +60,7 @@ def main():
         rows.append((f'synthetic 128px mp4, 16x4@112, {backend}', clips_per_second(dataset(synth_videos, backend, 16, 4, 112), args.clips)))
     p = load_params(args.params)
     c = p.clips
-    synthesize_dataset(tmp / 'default', classes=2, per_class=4, frames=p.synth.frames, size=p.synth.size, seed=0)
+    synthesize_dataset(tmp / 'default', classes=2, per_class=4, frames=p.synth[p.dataset].frames, size=p.synth[p.dataset].size, seed=0)
     default_videos = sorted((tmp / 'default/videos').rglob('*.mp4'))
     for cache in (False, True):
         ds = dataset(default_videos, p.decode.backend, c.frames, c.stride, c.crop_size, cache=cache, rho=c.num_clips)

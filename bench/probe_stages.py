@@ -77,7 +77,7 @@ def main():
     torch.set_num_threads(args.threads)
     params = load_params(args.params, args.set)
     splits = {s: build_dataset(params, 'retrieval', split=s) for s in ('train', 'test')}
-    num_classes = len((Path(params.dataset.prepared)/'classes.txt').read_text().splitlines())
+    num_classes = len((params.prepared_dir/'classes.txt').read_text().splitlines())
     settings = params.evaluate.linear
     print(f"{len(splits['train'])} train / {len(splits['test'])} test videos, {num_classes} classes "
           f"(chance {100/num_classes:.1f} %), {params.downstream.retrieval_clips} views per video")

@@ -51,7 +51,7 @@ def compute_only(params, steps:int) -> dict:
     learner, spec = build_pretrain_model(params)
     learner.train()
     if cfg.channels_last: learner.to(memory_format=torch.channels_last_3d)
-    opt = build_optimizer(cfg.optimizer, learner, lr=cfg.lr, weight_decay=spec.weight_decay)
+    opt = build_optimizer(cfg.optimizer, learner, lr=cfg.lr, weight_decay=spec.weight_decay, nesterov=params.model.nesterov)
     clips = torch.randn(cfg.batch_size, c.num_clips, 3, c.frames, c.crop_size, c.crop_size)
     def step():
         out = learner(clips)
@@ -106,7 +106,7 @@ def main(argv=None):
         seconds = stage(params_file, args.variant, tmp)
         run = tmp/'models'/args.variant
         loop = loop_rate(run)
-    videos = len(list(csv.DictReader(open(Path(params.dataset.prepared)/'train.csv'))))
+    videos = len(list(csv.DictReader(open(params.prepared_dir/'train.csv'))))
     steps = cfg.epochs * (videos // cfg.batch_size)
     clips = steps * cfg.batch_size * c.num_clips
     comp = compute_only(params, args.steps)

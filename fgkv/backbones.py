@@ -13,8 +13,8 @@ from torch import nn
 from torchvision.models.video.resnet import Conv2Plus1D, Conv3DNoTemporal, Conv3DSimple
 
 # %% auto #0
-__all__ = ['register_backbone', 'list_backbones', 'create_backbone', 'ResBlock', 'init_backbone_weights', 'count_params',
-           'VideoBackbone', 'r3d18', 'r3d18_official', 'r2plus1d18', 'slow_r18', 'r2d3d18']
+__all__ = ['STEM_POOL_BACKBONES', 'register_backbone', 'list_backbones', 'create_backbone', 'ResBlock', 'init_backbone_weights',
+           'count_params', 'VideoBackbone', 'r3d18', 'r3d18_official', 'r2plus1d18', 'slow_r18', 'r2d3d18']
 
 # %% ../nbs/10_backbones.ipynb #747d7552
 _backbone_entrypoints: dict[str, Callable[..., nn.Module]] = {}
@@ -231,6 +231,8 @@ def slow_r18(**kwargs) -> VideoBackbone:
     "Slow-R18 (8×8 Slow pathway, temporal kernels 1/1/1/3/3); `stem_pool=False` for the UCF pre-training stem."
     model_args = dict(layers=(2, 2, 2, 2), stem_pool=True)
     return _create_slow(**dict(model_args, **kwargs))
+
+STEM_POOL_BACKBONES = ('slow_r18',)   # the backbones whose stem max-pool `stem_pool` switches (`model.stem_pool`)
 
 # %% ../nbs/10_backbones.ipynb #aa35c161
 def _r2d3d_block(c_in:int, c_out:int, stride:int, is_3d:bool) -> ResBlock:

@@ -14,11 +14,11 @@ from torch import nn
 from . import distributed as dist
 from .backbones import create_backbone
 from .core import atomic_open
-from .models import build_learner, build_memdpc
+from .models import MemDPCContext, build_learner, build_memdpc
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_checkpoint', 'LoadReport', 'load_pretrained_backbone', 'random_backbone',
-           'load_backbone', 'load_learner']
+           'load_backbone', 'load_learner', 'load_memdpc_context']
 
 # %% ../nbs/17_checkpoints.ipynb #a309a449
 CHECKPOINT_FORMAT = 'fgkv-checkpoint-v1'
@@ -158,3 +158,26 @@ def load_learner(checkpoint # a checkpoint path, or a dict from `load_checkpoint
     weights = dict(state['model']) | {f'target.{k}': v for k, v in (state.get('target') or {}).items()}
     learner.load_state_dict(weights)
     return learner.eval(), ('memdpc' if kind == 'memdpc' else learner.kind)
+
+# %% ../nbs/17_checkpoints.ipynb #001c2e21
+def load_memdpc_context(source,                    # a MemDPC checkpoint path, or 'random'
+                        settings:dict|None=None,   # 'random': `build_memdpc`'s keywords (a checkpoint's `model_settings`)
+                        seed:int=0, verbose:bool=True,
+                       ) -> MemDPCContext:
+    "MemDPC's f and ConvGRUs for its context read-out: from a MemDPC checkpoint, or freshly initialised."
+    if str(source) == 'random':
+        if settings is None: raise ValueError("load_memdpc_context: source 'random' needs settings (build_memdpc's keywords)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_memdpc(**settings)
+    else:
+        state = load_checkpoint(source)
+        if state.get('kind') != 'memdpc':
+            raise ValueError(f"{source}: the MemDPC context read-out needs a MemDPC checkpoint, got kind {state.get('kind')!r} "
+                             "(evaluate.memdpc_readout: encoder reads the backbone of any checkpoint)")
+        model, _ = load_learner(state)
+    ctx = MemDPCContext.from_memdpc(model)
+    if verbose and dist.is_main_process():
+        print(f"MemDPC context read-out from {source}: f + {'2 ConvGRUs' if ctx.agg_b is not None else '1 ConvGRU'} -> {ctx.feat_dim}-d "
+              "(its prediction head and memory unused)")
+    return ctx

@@ -36,31 +36,40 @@ def _require(args, *opts, hint:str=''):
 def _default(section:str, key:str) -> str:
     "' (default …)': the built-in default of params key `section.key`, for help texts."
     from fgkv.config import Params
-    value = getattr(getattr(Params(), section), key)
+    defaults = Params()   # the sections keyed by dataset show the default dataset's entry
+    value = getattr(defaults.data if section == 'dataset' else defaults.synth[defaults.dataset] if section == 'synth' else getattr(defaults, section), key)
     return ' (default: off)' if value is None else f' (default {value})'
 
 # %% ../nbs/90_cli.ipynb #fca16d7f
-_SYNTH_KEYS = dict(classes='classes', per_class='per_class', frames='frames', size='size', seed='seed', scenes='scenes', class_look='class_look',
+_SYNTH_KEYS = dict(layout='layout', classes='classes', per_class='per_class', frames='frames', size='size', seed='seed', scenes='scenes', class_look='class_look',
                    object_scale='object_scale', background_contrast='background_contrast', distractors='distractors')
 
 def _synth(args):
-    _fill(args, _config(args).synth, _SYNTH_KEYS)
+    config = _config(args)
+    if args.key is not None and args.key not in config.synth:
+        raise SystemExit(f"fgkv: --key {args.key}: the synth section has {', '.join(config.synth) or 'no entries'}")
     from fgkv.synth import synthesize_dataset
-    summary = synthesize_dataset(args.out, classes=args.classes, per_class=args.per_class, frames=args.frames,
-                                 size=args.size, seed=args.seed, scenes=args.scenes, class_look=args.class_look,
-                                 object_scale=args.object_scale, background_contrast=args.background_contrast, distractors=args.distractors, workers=args.workers)
-    _report(summary)
+    for key in [args.key] if args.key is not None else list(config.synth):
+        opts = argparse.Namespace(**vars(args))   # each entry fills the options left unset from its own values
+        _fill(opts, config.synth[key], _SYNTH_KEYS)
+        _report(synthesize_dataset(args.out/key, classes=opts.classes, per_class=opts.per_class, frames=opts.frames, size=opts.size,
+                                   seed=opts.seed, scenes=opts.scenes, class_look=opts.class_look, object_scale=opts.object_scale,
+                                   background_contrast=opts.background_contrast, distractors=opts.distractors, layout=opts.layout,
+                                   workers=args.workers))
 
 def _report(summary):
     print(json.dumps(summary, indent=2, default=str) if isinstance(summary, dict) else summary)
 
 def _add_synth(sub):
-    p = sub.add_parser('synth', help='write the embedded procedurally generated action dataset (UCF101 layout)',
-                       description='Write the synthetic motion-class dataset in the UCF101 layout: '
-                                   'DIR/videos/<Class>/v_<Class>_gGG_cCC.mp4 and DIR/ucfTrainTestlist/. '
+    p = sub.add_parser('synth', help='write the embedded procedurally generated action datasets (UCF101 or HMDB51 layout)',
+                       description='Write each entry of the synth section (or the one --key names) into OUT/<key>: '
+                                   'videos/<Class>/v_<Class>_gGG_cCC.mp4 and the split files of its layout '
+                                   '(ucfTrainTestlist/ or testTrainMulti_7030_splits/). '
                                    'The same options give the same bytes, whatever --workers.')
     d = lambda key: _default('synth', key)
-    p.add_argument('--out', required=True, type=Path, help='output folder')
+    p.add_argument('--out', required=True, type=Path, help='output folder: each dataset goes to OUT/<key>')
+    p.add_argument('--key', help='write only this entry of the synth section (default: every entry)')
+    p.add_argument('--layout', choices=['ucf101', 'hmdb51'], help='split-file layout' + d('layout'))
     p.add_argument('--classes', type=int, help='number of motion classes' + d('classes'))
     p.add_argument('--per-class', dest='per_class', type=int, help='videos per class' + d('per_class'))
     p.add_argument('--frames', type=int, help='frames per video' + d('frames'))
@@ -83,9 +92,13 @@ def _add_params_options(p, what:str):
 OFFICIAL_SPLITS = ('ucf101', 'hmdb51') # datasets with official splits 1-3; Kinetics-400 has one, a folder none
 
 def _prepare(args):
-    section = _config(args).dataset
+    config = _config(args)
+    key = config.dataset if args.key is None else args.key
+    if key not in config.datasets: raise SystemExit(f"fgkv: --key {key}: the datasets section has {', '.join(config.datasets)}")
+    section = config.datasets[key]
     if args.params is not None:   # the params file's dataset, unless the command line names one
-        _fill(args, section, dict(dataset='name', videos='videos', split='split', out='prepared'))
+        _fill(args, section, dict(dataset='name', videos='videos', split='split'))
+        if args.out is None: args.out = Path(config.prepared)/key
         if args.annotations is None and args.dataset == section.name: args.annotations = section.annotations
     _fill(args, section, dict(min_frames='min_frames', test_fraction='test_fraction', resize_short_side='resize_short_side'))
     _require(args, 'dataset', 'videos', 'out', hint=' (or give --params with a dataset section)')
@@ -112,7 +125,8 @@ def _add_prepare(sub):
     p.add_argument('--videos', type=Path, help='folder holding the videos')
     p.add_argument('--annotations', type=Path, help='split/annotation file or folder (not for folder datasets)')
     p.add_argument('--split', type=int, choices=[1, 2, 3], help='official split (UCF101 and HMDB51 only)')
-    p.add_argument('--out', type=Path, help='output folder for the manifests')
+    p.add_argument('--out', type=Path, help='output folder for the manifests (with --params: <prepared>/<key>)')
+    p.add_argument('--key', help="with --params: the entry of its datasets section to prepare (default: the file's `dataset`)")
     p.add_argument('--workers', type=int, default=1, help='parallel probing processes (default 1)')
     p.add_argument('--min-frames', dest='min_frames', type=int, help='reject videos with fewer decodable frames' + d('min_frames'))
     p.add_argument('--resize-short-side', dest='resize_short_side', type=int, help='re-encode videos to this short side' + d('resize_short_side'))
@@ -120,7 +134,7 @@ def _add_prepare(sub):
     p.add_argument('--seed', type=int, default=0, help='folder datasets: split seed (default 0)')
     p.add_argument('--fast-probe', action='store_true', help='count packets instead of decoding every frame (trusts the container; no corruption check)')
     p.add_argument('--progress', action='store_true', help='show a progress bar')
-    _add_params_options(p, "take the dataset, folders, split and unset options from its dataset section")
+    _add_params_options(p, "take the dataset, folders, split and unset options from its entry of datasets")
     p.set_defaults(func=_prepare)
 
 # %% ../nbs/90_cli.ipynb #0c7e5fc2
@@ -145,7 +159,7 @@ def _add_probe(sub):
 def _pretrain(args):
     params = _config(args, auto=True)
     from fgkv.trainers import pretrain
-    pretrain(params, args.out, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
+    pretrain(params, args.out, resume='if_unchanged' if args.resume_if_unchanged else args.resume, max_steps=args.max_steps, progress=not args.no_progress)
 
 def _add_run_params_options(p):
     p.add_argument('--params', type=Path, help="the run's params file (default: ./params.yaml if present, else the built-in defaults)")
@@ -158,7 +172,10 @@ def _add_pretrain(sub):
                                    'Multi-GPU: torchrun --nproc_per_node=N -m fgkv.cli pretrain ...')
     _add_run_params_options(p)
     p.add_argument('--out', type=Path, required=True, help='output folder (checkpoint and logs)')
-    p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt if it exists')
+    p.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt if it exists (other params: an error)')
+    p.add_argument('--resume-if-unchanged', dest='resume_if_unchanged', action='store_true',
+                   help='continue from OUT/checkpoint.pt if the same params, fgkv code and prepared data made it; '
+                        'otherwise discard it and start afresh (the study stages use it)')
     p.add_argument('--max-steps', dest='max_steps', type=int, help='stop after this many steps (the schedule still spans all epochs)')
     p.add_argument('--no-progress', dest='no_progress', action='store_true', help='no progress bar')
     p.set_defaults(func=_pretrain)

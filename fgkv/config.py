@@ -17,10 +17,10 @@ import yaml
 
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'TRAIN_PROTOCOLS', 'PROTOCOL_PRESETS', 'ConfigError', 'from_dict', 'to_dict', 'DatasetConfig',
-           'SynthConfig', 'DecodeConfig', 'ClipConfig', 'AugmentConfig', 'DownstreamConfig', 'ModelConfig',
-           'MemDPCConfig', 'PretrainConfig', 'TrainSettings', 'train_settings', 'EvaluateConfig', 'AblationConfig',
-           'StudyConfig', 'Params', 'apply_overrides', 'read_params_file', 'resolve_presets', 'load_params',
-           'default_params', 'merge_profile', 'apply_profile']
+           'SynthConfig', 'DecodeConfig', 'ClipConfig', 'AugmentConfig', 'DownstreamConfig', 'MemDPCAugmentConfig',
+           'ModelConfig', 'MemDPCConfig', 'PretrainConfig', 'TrainSettings', 'train_settings', 'EvaluateConfig',
+           'AblationConfig', 'StudyConfig', 'Params', 'apply_overrides', 'read_params_file', 'resolve_presets',
+           'load_params', 'default_params', 'merge_profile', 'apply_profile']
 
 # %% ../nbs/01_config.ipynb #23719111
 class ConfigError(ValueError):
@@ -100,19 +100,19 @@ def to_dict(cfg) -> dict:
 # %% ../nbs/01_config.ipynb #f4bf7ea8
 @dataclass(frozen=True)
 class DatasetConfig:
-    "Which raw dataset the study uses and where its prepared manifests go (`fgkv prepare`)."
-    name: Literal['ucf101', 'hmdb51', 'kinetics400', 'folder'] = 'ucf101' # layout of the raw data (the synthetic data uses the UCF101 layout)
-    videos: str = 'data/raw/videos'              # folder holding the videos
-    annotations: str | None = 'data/raw/ucfTrainTestlist' # split/annotation file or folder (null for `folder`)
+    "One raw dataset of the study (an entry of `datasets`); `fgkv prepare` writes its manifests to `<prepared>/<key>`."
+    name: Literal['ucf101', 'hmdb51', 'kinetics400', 'folder'] = 'ucf101' # layout of the raw data (the report puts UCF101 and HMDB51 layouts beside the papers' columns of that name)
+    videos: str = 'data/raw/motion/videos'       # folder holding the videos
+    annotations: str | None = 'data/raw/motion/ucfTrainTestlist' # split/annotation file or folder (null for `folder`)
     split: int = 1                               # official split 1, 2 or 3 (UCF101, HMDB51)
-    prepared: str = 'data/prepared'              # where train.csv / test.csv / classes.txt are written
     min_frames: int = 8                          # videos with fewer decodable frames are rejected
     test_fraction: float = 0.3                   # `folder` datasets: share of each class held out
     resize_short_side: int | None = None         # re-encode videos to this short side while preparing
 
 @dataclass(frozen=True)
 class SynthConfig:
-    "The embedded procedurally generated dataset (`fgkv synth`)."
+    "One embedded procedurally generated dataset (an entry of `synth`, written by `fgkv synth`)."
+    layout: Literal['ucf101', 'hmdb51'] = 'ucf101' # which official split-file layout the dataset is written in
     classes: int = 8        # number of motion classes
     per_class: int = 180    # videos per class (180: 126 train / 54 test per class)
     frames: int = 48        # frames per video
@@ -170,6 +170,29 @@ class DownstreamConfig:
     test_short_side: int = 112 # the frame's short side is resized to this before test crops
     retrieval_clips: int = 10  # uniform clips averaged into one retrieval feature
 
+# %% ../nbs/01_config.ipynb #1ab8f05b
+@dataclass(frozen=True)
+class MemDPCAugmentConfig:
+    "MemDPC pre-training augmentation (paper §5.2; the authors' `memdpc/main.py`): crop and flip per clip, colour per frame."
+    crop_area: tuple[float, float] = (0.5, 1.0)          # random sized crop: area fraction (`utils/augmentation.py` RandomSizedCrop)
+    crop_aspect: tuple[float, float] = (0.75, 1.3333)    # and aspect ratio
+    jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.25) # brightness, contrast, saturation, hue; each frame its own draw
+    jitter_p: float = 1.0
+    grayscale_p: float = 0.25     # per frame: one of R, G, B copied to all three channels (the code's RandomGray)
+    flip_p: float = 0.5
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406) # ImageNet's (the code's Normalize)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    downstream_jitter_p: float = 0.3  # the context read-out's training clips: one jitter draw per clip, no greyscale (`eval/test.py`)
+
+    def __post_init__(self):
+        for k in ('crop_area', 'crop_aspect'):
+            lo, hi = getattr(self, k)
+            if not (0 < lo <= hi and (k != 'crop_area' or hi <= 1)): raise ValueError(f'{k} must be (min, max) with 0 < min <= max{" <= 1" if k == "crop_area" else ""}, got {getattr(self, k)}')
+        if min(self.jitter) < 0 or self.jitter[3] > 0.5: raise ValueError(f'jitter must be >= 0 with hue <= 0.5, got {self.jitter}')
+        for k in ('jitter_p', 'grayscale_p', 'flip_p', 'downstream_jitter_p'):
+            if not 0 <= getattr(self, k) <= 1: raise ValueError(f'{k} must be in [0, 1], got {getattr(self, k)}')
+        if min(self.std) <= 0: raise ValueError(f'std must be > 0, got {self.std}')
+
 # %% ../nbs/01_config.ipynb #3531f86e
 @dataclass(frozen=True)
 class ModelConfig:
@@ -199,11 +222,13 @@ class ModelConfig:
     dict_hidden: int = 512
     per_view_batchnorm: bool = True      # BN statistics per clip view instead of over all views
     weight_decay: float = 1e-6           # the optimiser's weight decay
+    nesterov: bool = True                # Nesterov momentum in the LARS/SGD pre-training optimiser
+    stem_pool: bool | None = None        # the stem's max-pool, for backbones that have one (`slow_r18`); null: the backbone's own
 
 MODEL_PRESETS = {
     'official': ModelConfig(),
     'paper': ModelConfig(preset='paper', backbone='r3d18', scale=64.0, recon='l2', alpha=0.01, pred_scale=1.0,
-                         per_view_batchnorm=False, weight_decay=1e-4),
+                         per_view_batchnorm=False, weight_decay=1e-4, nesterov=False),
 }
 
 @dataclass(frozen=True)
@@ -222,6 +247,7 @@ class MemDPCConfig:
     memory: bool = True          # False: DPC (no memory)
     direction_reduction: Literal['sum', 'mean'] = 'sum'
     weight_decay: float = 1e-5   # Adam's (the authors' `memdpc/main.py`)
+    augment: MemDPCAugmentConfig = field(default_factory=MemDPCAugmentConfig) # the `blocks` dataset's augmentation
 
 # %% ../nbs/01_config.ipynb #9f572dff
 @dataclass(frozen=True)
@@ -241,7 +267,7 @@ class PretrainConfig:
     nproc: int = 1                # processes the study launches with torchrun
     checkpoint_every: int = 500   # steps between checkpoints (also written at the end)
     log_every: int = 10           # steps between logged points
-    precision: Literal['fp32', 'bf16', 'fp16'] = 'fp32'  # autocast dtype (bf16/fp16 for GPUs)
+    precision: Literal['fp32', 'bf16', 'fp16'] = 'fp32'  # autocast dtype: bf16, or fp16 with a gradient scaler (CUDA only)
     channels_last: bool = False   # channels_last_3d memory format (GPUs)
     max_steps: int | None = None  # stop early after this many steps (smoke runs)
 
@@ -320,7 +346,8 @@ def train_settings(protocol:str,          # 'linear', 'nonlinear' or 'finetune'
 class EvaluateConfig:
     "Downstream evaluation of a pre-trained (or random) backbone."
     protocols: tuple[Literal['knn', 'linear', 'nonlinear', 'finetune', 'retrieval', 'data_efficiency'], ...] = ('knn', 'linear', 'retrieval')
-    preset: Literal['paper', 'official'] = 'paper'
+    datasets: tuple[str, ...] = ('motion',)  # the downstream datasets (keys of `datasets`) every run is evaluated on; ablations use the first
+    preset: Literal['paper', 'official'] = 'official'  # a params file that leaves it out gets `model.preset`'s
     seed: int = 0
     workers: int = 2
     eval_batch_size: int = 8                 # test videos per forward pass (each with all its views)
@@ -331,10 +358,11 @@ class EvaluateConfig:
     efficiency_protocol: Literal['linear', 'nonlinear', 'finetune'] = 'finetune'
     knn_k: int = 20                          # weighted k-NN: neighbours that vote
     knn_temperature: float = 0.07            # and the temperature of their weights exp(similarity / τ)
-    linear: TrainSettings = PROTOCOL_PRESETS['linear', 'paper']
-    nonlinear: TrainSettings = PROTOCOL_PRESETS['nonlinear', 'paper']
-    finetune: TrainSettings = PROTOCOL_PRESETS['finetune', 'paper']
-    supervised: TrainSettings = PROTOCOL_PRESETS['finetune', 'paper'] # the supervised ceiling: fine-tuning from random init
+    memdpc_readout: Literal['context', 'encoder'] = 'context' # MemDPC: f + ConvGRU context over block sequences (the code's `eval/model_lc.py`), or f alone on clips
+    linear: TrainSettings = PROTOCOL_PRESETS['linear', 'official']
+    nonlinear: TrainSettings = PROTOCOL_PRESETS['nonlinear', 'official']
+    finetune: TrainSettings = PROTOCOL_PRESETS['finetune', 'official']
+    supervised: TrainSettings = PROTOCOL_PRESETS['finetune', 'official'] # the supervised ceiling: fine-tuning from random init
 
 # %% ../nbs/01_config.ipynb #df10a791
 @dataclass(frozen=True)
@@ -358,8 +386,10 @@ class StudyConfig:
 @dataclass(frozen=True)
 class Params:
     "Everything in `params.yaml`; `Params()` holds the built-in defaults (what `fgkv` uses without a params file)."
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    dataset: str = 'motion'       # the dataset a run reads (pre-training; an evaluation stage sets its downstream one): a key of `datasets`
+    datasets: dict[str, DatasetConfig] = field(default_factory=lambda: {'motion': DatasetConfig()}) # every dataset of the study, by key
+    prepared: str = 'data/prepared' # each dataset's manifests go to <prepared>/<key>
+    synth: dict[str, SynthConfig] = field(default_factory=lambda: {'motion': SynthConfig()}) # the embedded datasets `fgkv synth` writes, by key of `datasets`
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     clips: ClipConfig = field(default_factory=ClipConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -369,6 +399,16 @@ class Params:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+
+    @property
+    def data(self) -> DatasetConfig:
+        "The entry of `datasets` the run reads."
+        return self.datasets[self.dataset]
+
+    @property
+    def prepared_dir(self) -> Path:
+        "Where the manifests of the dataset the run reads are."
+        return Path(self.prepared)/self.dataset
 
 # %% ../nbs/01_config.ipynb #377fc4a5
 def _section_type(cls, dotted:list[str], src:str, what:str=''):
@@ -431,13 +471,18 @@ def resolve_presets(data:dict, src:str='<dict>') -> dict:
         if preset not in MODEL_PRESETS: raise ConfigError(f"{src}: key 'model.preset' must be one of {tuple(MODEL_PRESETS)}, got {preset!r}")
         _refuse_nulls(model, ModelConfig, 'model', src)
         resolved = to_dict(MODEL_PRESETS[preset])
-        dataset = (data.get('dataset') or {}).get('name')
+        datasets = data.get('datasets') if isinstance(data.get('datasets'), dict) else {}
+        dataset = (datasets.get(data.get('dataset')) or {}).get('name') if isinstance(data.get('dataset'), str) else None
         if preset == 'official' and 'num_slots' not in model and model.get('backbone', resolved['backbone']) == 'r2plus1d18' and dataset == 'ucf101':
             resolved['num_slots'] = 2048   # the authors' UCF101 R(2+1)D config
+        if preset == 'official' and 'stem_pool' not in model and model.get('backbone', resolved['backbone']) == 'slow_r18' and dataset == 'ucf101':
+            resolved['stem_pool'] = False  # the authors' UCF101 Slow-R18 config: `STEM_FUNC: r3d_stem`, no max-pool
         data['model'] = resolved | model
     evaluate = data.get('evaluate')
     if isinstance(evaluate, dict):
-        preset = evaluate.get('preset', EvaluateConfig.preset)
+        if 'preset' not in evaluate:   # one source (paper or code) for the whole run unless the file names another
+            evaluate['preset'] = (data['model'] if isinstance(data.get('model'), dict) else {}).get('preset', ModelConfig.preset)
+        preset = evaluate['preset']
         if preset not in ('paper', 'official'): raise ConfigError(f"{src}: key 'evaluate.preset' must be 'paper' or 'official', got {preset!r}")
         for protocol in (*TRAIN_PROTOCOLS, 'supervised'):
             block = evaluate.get(protocol) or {}
@@ -461,10 +506,24 @@ def load_params(path='params.yaml', overrides:list[str]|tuple[str, ...]=(), cls=
     path = Path(path)
     data = apply_overrides(read_params_file(path), overrides, src=str(path), cls=cls)
     params = from_dict(cls, resolve_presets(data, str(path)), str(path))
-    if isinstance(params, Params): _check_study(params.study, str(path))
+    if isinstance(params, Params): _check_datasets(params, str(path)); _check_study(params.study, str(path))
     return params
 
 _RUN_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
+
+def _check_datasets(params:Params, src:str):
+    "`dataset`, `evaluate.datasets` and `synth` name entries of `datasets`, whose keys become stage keys and folder names."
+    keys = ', '.join(params.datasets) or 'none'
+    for name in params.datasets:
+        if not _RUN_NAME.match(name): raise ConfigError(f"{src}: key 'datasets.{name}': a dataset key may hold only letters, digits, '_' and '-'")
+    if params.dataset not in params.datasets: raise ConfigError(f"{src}: key 'dataset' must be a key of 'datasets' ({keys}), got {params.dataset!r}")
+    if not params.evaluate.datasets: raise ConfigError(f"{src}: key 'evaluate.datasets' must name at least one dataset ({keys})")
+    for at, names in (('evaluate.datasets', params.evaluate.datasets), ('synth', params.synth)):
+        for name in names:
+            if name not in params.datasets: raise ConfigError(f"{src}: key '{at}' names {name!r}, which is not a key of 'datasets' ({keys})")
+    for name, s in params.synth.items():
+        if params.datasets[name].name != s.layout:
+            raise ConfigError(f"{src}: key 'datasets.{name}.name' is {params.datasets[name].name!r} but 'synth.{name}.layout' writes {s.layout!r}")
 
 def _check_study(study:StudyConfig, src:str):
     "Run names become DVC stage keys, params paths and folder names; study overrides may not switch a preset."
@@ -487,7 +546,10 @@ def default_params(overrides:list[str]|tuple[str, ...]=(), src:str='--set') -> P
     data = to_dict(Params())
     data['model'] = {}   # every model and protocol key from its preset, so that an override of the preset takes effect
     data['evaluate'].update({p: {} for p in (*TRAIN_PROTOCOLS, 'supervised')})
-    return from_dict(Params, resolve_presets(apply_overrides(data, overrides, src), src), src)
+    del data['evaluate']['preset']   # follows `model.preset` unless an override names it
+    params = from_dict(Params, resolve_presets(apply_overrides(data, overrides, src), src), src)
+    _check_datasets(params, src)
+    return params
 
 # %% ../nbs/01_config.ipynb #b5a52757
 def merge_profile(base:dict, profile:dict, src:str='<profile>', cls=Params, _at:tuple=()) -> dict:
@@ -512,7 +574,8 @@ def apply_profile(profile, params='params.yaml') -> list[str]:
     (root, _), *overlays = _extends_chain(profile)
     in_place = root.resolve() == params.resolve()
     merged = read_params_file(profile)
-    _check_study(from_dict(Params, resolve_presets(merged, f"{params} with {profile}"), f"{params} with {profile}").study, str(profile))
+    resolved = from_dict(Params, resolve_presets(merged, f"{params} with {profile}"), f"{params} with {profile}")
+    _check_datasets(resolved, str(profile)); _check_study(resolved.study, str(profile))
     rt = YAML()
     rt.width, rt.preserve_quotes = 4096, True
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar('tag:yaml.org,2002:null', 'null'))

@@ -140,14 +140,17 @@ class ClipDataset(Dataset):
                  transform:Callable, # pretrain/train: f(clip (T,H,W,3) uint8, generator) -> (C,T,S,S); test/retrieval: f(clip) -> (V,C,T,S,S) or (C,T,S,S)
                  frames:int=16, stride:int=4, num_clips:int=2, # ρ in pretrain, K in test/retrieval
                  min_gap:int|None=None, max_gap:int|None=None, short_video:str='loop',
-                 seed:int=0, source:FrameSource|None=None):
+                 seed:int=0, source:FrameSource|None=None,
+                 blocks:int|None=None): # train/test/retrieval: windows of blocks × frames frames, split into (…, blocks, C, frames, S, S)
         if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not records: raise ValueError('ClipDataset: the manifest has no videos')
+        if blocks is not None and (mode in ('pretrain', 'blocks') or blocks < 1):
+            raise ValueError(f"ClipDataset: blocks must be an int >= 1 in the train, test and retrieval modes, got {blocks!r} in mode {mode!r}")
         self.records, self.mode, self.transform = records, mode, transform
         self.frames, self.stride, self.num_clips = frames, stride, num_clips
         self.min_gap, self.max_gap, self.short_video, self.seed = min_gap, max_gap, short_video, seed
         self.source = source or FrameSource(records)
-        self.epoch = 0
+        self.epoch, self.blocks = 0, blocks
 
     def set_epoch(self, epoch:int): self.epoch = epoch
     def __len__(self): return len(self.records)
@@ -157,7 +160,7 @@ class ClipDataset(Dataset):
 @patch
 def _starts(self:ClipDataset, i:int, generator) -> list[int]:
     n = self.records[i].info.num_frames
-    args = (n, self.frames, self.stride)
+    args = (n, self.frames * (self.blocks or 1), self.stride)
     if self.mode == 'pretrain':
         return random_starts(*args, self.num_clips, generator, self.min_gap, self.max_gap, self.short_video)
     if self.mode == 'train': return random_starts(*args, 1, generator, short_video=self.short_video)
@@ -179,7 +182,7 @@ def _item(self:ClipDataset, j:int, i:int) -> dict:
     g = sample_generator(self.seed, self.epoch, i)
     n = self.records[j].info.num_frames
     starts = self._starts(j, g)
-    length = self.frames * (self.num_clips if self.mode == 'blocks' else 1)
+    length = self.frames * (self.num_clips if self.mode == 'blocks' else self.blocks or 1)
     idx = np.concatenate([clip_indices(s, n, length, self.stride, self.short_video) for s in starts])
     frames = self.source(j, idx)
     clips = frames.reshape(len(starts), length, *frames.shape[1:])
@@ -187,6 +190,7 @@ def _item(self:ClipDataset, j:int, i:int) -> dict:
     elif self.mode == 'blocks': out = self.transform(clips[0], g).unflatten(1, (self.num_clips, self.frames)).transpose(0, 1) # (K, C, T, S, S)
     elif self.mode == 'train': out = self.transform(clips[0], g)
     else: out = torch.cat([v if v.dim() == 5 else v[None] for v in map(self.transform, clips)]) # views: (V,C,T,S,S) or one (C,T,S,S)
+    if self.blocks: out = out.unflatten(-3, (self.blocks, self.frames)).transpose(-5, -4)   # (…, N, C, T, S, S)
     return {'clips': out, 'label': self.records[j].label, 'index': j}
 
 # %% ../nbs/06_datasets.ipynb #717c0dfe
@@ -194,11 +198,12 @@ def build_dataset(params, # `fgkv.config.Params`
                   mode:Literal['pretrain', 'train', 'test', 'retrieval', 'blocks'],
                   split:str|None=None, # 'train' or 'test' manifest; default: train for pretrain/train, else test
                   seed:int=0, source:FrameSource|None=None, # share one (cached) source between datasets of a split
+                  blocks:bool=False, # train/test/retrieval over MemDPC's block sequences (its context read-out)
                  ) -> ClipDataset:
     "The `mode` dataset over the `split` manifest that `params` describes."
-    from fgkv.transforms import PretrainAugment, RetrievalTransform, TestViews, TrainAugment
+    from fgkv.transforms import MemDPCAugment, PretrainAugment, RetrievalTransform, TestViews, TrainAugment
     split = split or ('train' if mode in ('pretrain', 'train', 'blocks') else 'test')
-    prepared, c = Path(params.dataset.prepared), params.clips
+    prepared, c = params.prepared_dir, params.clips
     records = source.records if source is not None else read_manifest(prepared/f'{split}.csv', read_videos_root(prepared))
     if source is None:
         source = FrameSource(records, params.decode.backend, params.decode.threads, cache=params.decode.cache_in_memory)
@@ -210,5 +215,14 @@ def build_dataset(params, # `fgkv.config.Params`
     if mode == 'blocks':
         m = params.memdpc
         transform, frames, stride = dataclasses.replace(transform, crop_size=m.crop_size), m.block_frames, m.stride
+        if params.model.kind == 'memdpc': transform = MemDPCAugment.from_config(params)   # MemDPC's own (paper §5.2)
+    elif blocks:
+        if mode == 'pretrain': raise ValueError("build_dataset: blocks=True is for the train, test and retrieval modes (MemDPC pre-training: mode 'blocks')")
+        m, a = params.memdpc, params.memdpc.augment
+        # the authors' test view is a fixed crop of most of the frame (224 of 240) rescaled to the input side: here the short side
+        transform = {'train': lambda: MemDPCAugment.from_config(params, downstream=True),
+                     'test': lambda: TestViews(m.crop_size, m.crop_size, params.downstream.test_crops, a.mean, a.std),
+                     'retrieval': lambda: RetrievalTransform(m.crop_size, m.crop_size, 1, a.mean, a.std)}[mode]()
+        frames, stride = m.block_frames, m.stride
     return ClipDataset(records, mode, transform, frames, stride, num_clips, c.min_gap, c.max_gap, c.short_video,
-                       seed=seed, source=source)
+                       seed=seed, source=source, blocks=params.memdpc.blocks if blocks else None)

@@ -19,12 +19,13 @@ from . import distributed as dist
 from .config import TrainSettings
 from .core import sample_seed
 from .inference import default_device, pooled_features
+from .layers import orthogonal_init
 from .optim import lr_at
 
 # %% auto #0
-__all__ = ['linear_head', 'nonlinear_head', 'VideoClassifier', 'scheduled_lr', 'smooth_one_hot', 'soft_target_cross_entropy',
-           'mix_batch', 'recompute_bn_stats', 'per_process_batch', 'train_classifier', 'train_head_on_features',
-           'Standardize']
+__all__ = ['linear_head', 'nonlinear_head', 'memdpc_head', 'VideoClassifier', 'scheduled_lr', 'smooth_one_hot',
+           'soft_target_cross_entropy', 'mix_batch', 'recompute_bn_stats', 'per_process_batch', 'train_classifier',
+           'train_head_on_features', 'Standardize']
 
 # %% ../nbs/22_downstream.ipynb #0d4753c7
 def _init_classifier(fc:nn.Linear) -> nn.Linear:
@@ -39,6 +40,13 @@ def nonlinear_head(feat_dim:int, num_classes:int, hidden:int=512, dropout:float=
     "BN1d → Linear → ReLU → Dropout → Linear: the non-linear probe's classifier."
     return nn.Sequential(nn.BatchNorm1d(feat_dim), nn.Linear(feat_dim, hidden), nn.ReLU(inplace=True),
                          nn.Dropout(dropout), _init_classifier(nn.Linear(hidden, num_classes)))
+
+# %% ../nbs/22_downstream.ipynb #de036640
+def memdpc_head(feat_dim:int, num_classes:int, dropout:float=0.5) -> nn.Sequential:
+    "BN1d → Dropout → Linear: MemDPC's classifier on the pooled context (the authors' `eval/model_lc.py`)."
+    fc = nn.Linear(feat_dim, num_classes)
+    orthogonal_init(fc, 1.0)   # the code's final_fc init: orthogonal, gain 1, zero bias (BN: γ = 1, β = 0, PyTorch's own)
+    return nn.Sequential(nn.BatchNorm1d(feat_dim), nn.Dropout(dropout), fc)
 
 # %% ../nbs/22_downstream.ipynb #49075b2b
 class VideoClassifier(nn.Module):

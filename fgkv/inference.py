@@ -24,6 +24,7 @@ from . import distributed as dist
 from .checkpoints import load_backbone
 from .core import atomic_open, sample_generator, save_figure
 from .datasets import ClipDataset, FrameSource, VideoRecord, read_manifest
+from .models import MemDPCContext
 from .metrics import classification_metrics, confusion_figure, confusion_matrix, per_class_accuracy, stable_topk
 from .prepare import MANIFEST_COLUMNS, read_videos_root
 from .transforms import RetrievalTransform, TrainAugment
@@ -37,7 +38,8 @@ __all__ = ['VIDEO_EXTENSIONS', 'pooled_features', 'ShardSampler', 'default_devic
 # %% ../nbs/21_inference.ipynb #0d4753c7
 def pooled_features(backbone:nn.Module, clips:torch.Tensor, # (B, 3, T, H, W)
                    ) -> torch.Tensor:                      # (B, feat_dim)
-    "The globally average-pooled last-stage feature y."
+    "The globally average-pooled last-stage feature y (MemDPC's context read-out: its own pooled context of block sequences)."
+    if isinstance(backbone, MemDPCContext): return backbone(clips)   # (B, N, 3, T, H, W) -> (B, feat_dim)
     return backbone(clips).mean(dim=(2, 3, 4))
 
 # %% ../nbs/21_inference.ipynb #bd7d3d03

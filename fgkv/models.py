@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .backbones import create_backbone
+from .backbones import STEM_POOL_BACKBONES, create_backbone
 from .config import ModelConfig
 from .dictionaries import ConceptAlignment
 from .losses import CENTER_SIGNS, RECON_KINDS, dense_accuracy, dense_infonce, prediction_loss
@@ -24,7 +24,7 @@ from .memories import CompressiveMemory, KVMemoryPredictor, addressing_stats
 
 # %% auto #0
 __all__ = ['PREDICTORS', 'MEMDPC_KEYS', 'projector', 'mlp_predictor', 'ProjectedEncoder', 'BYOLLearner', 'cosine_momentum',
-           'build_learner', 'ConvGRUCell', 'ConvGRU', 'MemDPC', 'build_memdpc']
+           'backbone_kwargs', 'build_learner', 'ConvGRUCell', 'ConvGRU', 'MemDPC', 'build_memdpc', 'MemDPCContext']
 
 # %% ../nbs/14_models.ipynb #e30e763e
 def projector(feat_dim:int=512,    # d, pooled backbone feature
@@ -167,13 +167,22 @@ def forward(self:BYOLLearner,
     return result
 
 # %% ../nbs/14_models.ipynb #16a3673b
+def backbone_kwargs(config) -> dict:
+    "`create_backbone`'s keywords for a `ModelConfig` or `MemDPCConfig`: width, layers and, where set, the stem's max-pool."
+    kw = dict(width=config.width) | ({} if config.layers is None else dict(layers=list(config.layers)))
+    stem_pool = getattr(config, 'stem_pool', None)
+    if stem_pool is None: return kw   # the backbone's own stem, so older checkpoints' specs stay equal
+    if config.backbone not in STEM_POOL_BACKBONES:
+        raise ValueError(f"model.stem_pool={stem_pool}: only a backbone with a stem max-pool takes it ({', '.join(STEM_POOL_BACKBONES)}), "
+                         f"not model.backbone={config.backbone!r}; leave model.stem_pool out (null)")
+    return kw | dict(stem_pool=stem_pool)
+
 def build_learner(config:ModelConfig|None=None, # the learner; None: the `official` preset (`ModelConfig()`)
                   **changes) -> BYOLLearner:    # `ModelConfig` fields to change first
     "Build the `BYOLLearner` that `config` describes."
     config = dataclasses.replace(config or ModelConfig(), **changes)
     if config.kind != 'byol': raise ValueError(f"build_learner: config.kind must be 'byol' (MemDPC: `build_memdpc`), got {config.kind!r}")
-    kw = dict(width=config.width) if config.layers is None else dict(width=config.width, layers=tuple(config.layers))
-    return BYOLLearner(create_backbone(config.backbone, **kw), config)
+    return BYOLLearner(create_backbone(config.backbone, **backbone_kwargs(config)), config)
 
 # %% ../nbs/14_models.ipynb #08b34b07
 class ConvGRUCell(nn.Module):
@@ -287,3 +296,22 @@ def build_memdpc(backbone:str='r2d3d18', width:float=1.0, layers:tuple[int, ...]
                   dropout, normalize, temperature, direction_reduction)
 
 MEMDPC_KEYS = tuple(inspect.signature(build_memdpc).parameters)
+
+# %% ../nbs/14_models.ipynb #260bf915
+class MemDPCContext(nn.Module):
+    "f + the ConvGRU(s) of a MemDPC over a block sequence: (B, N, 3, T, H, W) -> the pooled context (B, feat_dim)."
+    def __init__(self, backbone:nn.Module, agg_f:ConvGRU, agg_b:ConvGRU|None=None):
+        super().__init__()
+        self.backbone, self.agg_f, self.agg_b = backbone, agg_f, agg_b
+        self.feat_dim = agg_f.hidden_dim * (1 if agg_b is None else 2)
+
+    @classmethod
+    def from_memdpc(cls, model:MemDPC) -> MemDPCContext:
+        "The read-out sharing `model`'s f and aggregators (its φ and memory are not used)."
+        return cls(model.backbone, model.agg_f, model.agg_b)
+
+    def forward(self, blocks:torch.Tensor) -> torch.Tensor:
+        if blocks.dim() != 6: raise ValueError(f"MemDPCContext: blocks must be (B, N, 3, T, H, W), got shape {tuple(blocks.shape)}")
+        z = F.relu(self.backbone(blocks.flatten(0, 1))).mean(2).unflatten(0, blocks.shape[:2])   # (B, N, C, s, s)
+        states = [self.agg_f(z)[1]] + ([] if self.agg_b is None else [self.agg_b(z.flip(1))[1]])
+        return torch.cat([h.mean((2, 3)) for h in states], 1)

@@ -16,27 +16,30 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from . import distributed as dist
-from .checkpoints import CHECKPOINT_FORMAT, load_backbone, save_checkpoint
+from .checkpoints import CHECKPOINT_FORMAT, load_backbone, load_checkpoint, load_memdpc_context, save_checkpoint
 from .config import TRAIN_PROTOCOLS, Params, TrainSettings, to_dict, train_settings
 from .core import atomic_open, git_commit, sample_generator, sample_seed
 from .datasets import ClipDataset, build_dataset
-from .downstream import (Standardize, VideoClassifier, linear_head, nonlinear_head, per_process_batch, recompute_bn_stats,
+from .downstream import (Standardize, VideoClassifier, linear_head, memdpc_head, nonlinear_head, per_process_batch, recompute_bn_stats,
                              train_classifier, train_head_on_features)
 from .inference import (TestResult, default_device, embed, evaluate_classifier, extract_features, map_videos, random_test_views,
                             save_embeddings, save_test_artifacts)
 from .metrics import knn_classify, retrieval_recall
-from .transforms import RetrievalTransform, TestViews, TrainAugment
+from .models import MemDPCContext, backbone_kwargs
+from .trainers import build_pretrain_model
+from .transforms import MemDPCAugment, RetrievalTransform, TestViews, TrainAugment
 
 # %% auto #0
 __all__ = ['run_protocol', 'linear_probe', 'nonlinear_probe', 'finetune', 'stratified_subset', 'data_efficiency', 'retrieval',
-           'knn_protocol', 'write_metrics', 'backbone_spec', 'run_evaluation', 'embed_videos', 'train_supervised']
+           'knn_protocol', 'write_metrics', 'backbone_spec', 'reads_memdpc_context', 'run_evaluation', 'embed_videos',
+           'train_supervised']
 
 # %% ../nbs/23_protocols.ipynb #28ac3ace
 def _cached_features(model:VideoClassifier, train_set, centre_view:RetrievalTransform, clips:int, batch_size, workers, device):
     "Features of `clips` uniform un-augmented centre clips per training video, averaged."
     base = train_set.dataset if isinstance(train_set, Subset) else train_set
     one_view = ClipDataset(base.records, 'retrieval', centre_view, base.frames, base.stride, clips,
-                           short_video=base.short_video, source=base.source)
+                           short_video=base.short_video, source=base.source, blocks=base.blocks)
     if isinstance(train_set, Subset): one_view = Subset(one_view, train_set.indices)
     model.to(device).eval()
     return map_videos(model.features, one_view, batch_size, workers, device)
@@ -66,6 +69,7 @@ def run_protocol(protocol:Literal['linear', 'nonlinear', 'finetune'],
     torch.manual_seed(seed)
     if copy_backbone: backbone = copy.deepcopy(backbone)
     head = (nonlinear_head(backbone.feat_dim, num_classes, s.mlp_hidden, s.dropout) if protocol == 'nonlinear'
+            else memdpc_head(backbone.feat_dim, num_classes, s.dropout) if isinstance(backbone, MemDPCContext)   # the code's model_lc
             else linear_head(backbone.feat_dim, num_classes, s.dropout))
     model = VideoClassifier(backbone, head, freeze_backbone=protocol != 'finetune', bn_mode=s.bn_mode).to(device)
     if s.cache_features:
@@ -160,7 +164,14 @@ def write_metrics(path, metrics:dict) -> None:
 def backbone_spec(params:Params) -> dict:
     "{'name', 'kwargs'} of the online backbone that `params` pre-trains."
     m = params.memdpc if params.model.kind == 'memdpc' else params.model
-    return dict(name=m.backbone, kwargs=dict(width=m.width) | ({} if m.layers is None else dict(layers=list(m.layers))))
+    return dict(name=m.backbone, kwargs=backbone_kwargs(m))
+
+# %% ../nbs/23_protocols.ipynb #e0f0fd1c
+def reads_memdpc_context(params:Params, checkpoint) -> bool:
+    "Whether `run_evaluation` reads MemDPC's pooled context (f + ConvGRUs over block sequences) rather than the encoder on clips."
+    if params.evaluate.memdpc_readout != 'context': return False
+    if str(checkpoint) == 'random': return params.model.kind == 'memdpc'
+    return load_checkpoint(checkpoint).get('kind') == 'memdpc'   # the checkpoint says what it is, whatever `model.kind` says
 
 # %% ../nbs/23_protocols.ipynb #31325ab4
 def run_evaluation(params:Params, checkpoint, # a checkpoint path, or 'random'
@@ -170,17 +181,23 @@ def run_evaluation(params:Params, checkpoint, # a checkpoint path, or 'random'
     e, out = params.evaluate, Path(out)
     dist.init_distributed()
     protocols = tuple(protocols or e.protocols)
-    backbone, _ = load_backbone(checkpoint, random_spec=backbone_spec(params), seed=e.seed, verbose=verbose)
-    prepared = Path(params.dataset.prepared)
+    context = reads_memdpc_context(params, checkpoint)
+    if context:   # f + the ConvGRUs over block sequences (random: the MemDPC that params pre-trains, freshly initialised)
+        settings = build_pretrain_model(params)[1].settings if str(checkpoint) == 'random' else None
+        backbone = load_memdpc_context(checkpoint, settings, seed=e.seed, verbose=verbose)
+    else: backbone, _ = load_backbone(checkpoint, random_spec=backbone_spec(params), seed=e.seed, verbose=verbose)
+    prepared = params.prepared_dir
     classes = (prepared/'classes.txt').read_text().splitlines()
-    train_set, test_set = build_dataset(params, 'train', seed=e.seed), build_dataset(params, 'test')
-    if e.test_views == 'random': test_set = random_test_views(test_set, TrainAugment.from_config(params), seed=e.seed)
+    train_set, test_set = build_dataset(params, 'train', seed=e.seed, blocks=context), build_dataset(params, 'test', blocks=context)
+    if e.test_views == 'random':
+        augment = MemDPCAugment.from_config(params, downstream=True) if context else TrainAugment.from_config(params)
+        test_set = random_test_views(test_set, augment, seed=e.seed)
     common = dict(seed=e.seed, workers=e.workers, eval_batch_size=e.eval_batch_size)
     features = {}   # the retrieval views' features of each split, extracted once for knn and retrieval
     def retrieval_features(split):
         if split not in features:
             source = (train_set if split == 'train' else test_set).source
-            features[split] = extract_features(backbone, build_dataset(params, 'retrieval', source=source), e.eval_batch_size, e.workers)
+            features[split] = extract_features(backbone, build_dataset(params, 'retrieval', source=source, blocks=context), e.eval_batch_size, e.workers)
         return features[split]
     metrics = {}
     for p in protocols:
@@ -191,13 +208,13 @@ def run_evaluation(params:Params, checkpoint, # a checkpoint path, or 'random'
             (queries, q_labels), (gallery, g_labels) = retrieval_features('test'), retrieval_features('train')
             m = {**retrieval_recall(queries, q_labels, gallery, g_labels, e.retrieval_ks), 'num_queries': len(queries), 'num_gallery': len(gallery)}
         elif p == 'retrieval':
-            m = retrieval(backbone, test_set, build_dataset(params, 'retrieval', source=train_set.source), e.retrieval_ks,
+            m = retrieval(backbone, test_set, build_dataset(params, 'retrieval', source=train_set.source, blocks=context), e.retrieval_ks,
                           e.eval_batch_size, e.workers)
         elif p == 'data_efficiency':
             m = data_efficiency(backbone, train_set, test_set, len(classes), e.efficiency_fractions, e.efficiency_protocol,
                                 getattr(e, e.efficiency_protocol), out=out/p, class_names=classes, **common)
         else: m = run_protocol(p, backbone, train_set, test_set, len(classes), getattr(e, p),
-                               centre_view=RetrievalTransform.from_config(params), class_names=classes, out=out/p, **common)
+                               centre_view=build_dataset(params, 'retrieval', source=train_set.source, blocks=context).transform, class_names=classes, out=out/p, **common)
         metrics.update({f'{p}/{k}': v for k, v in m.items()})
     write_metrics(out/'metrics.json', metrics)
     return metrics
@@ -219,7 +236,7 @@ def train_supervised(params:Params, out, verbose:bool=True) -> dict:
     dist.init_distributed()
     spec = backbone_spec(params)
     backbone, _ = load_backbone('random', random_spec=spec, seed=e.seed, verbose=verbose)
-    classes = (Path(params.dataset.prepared)/'classes.txt').read_text().splitlines()
+    classes = (params.prepared_dir/'classes.txt').read_text().splitlines()
     train_set, test_set = build_dataset(params, 'train', seed=e.seed), build_dataset(params, 'test')
     s = params.evaluate.supervised
     log = (lambda st: print(' '.join(f'{k} {v:.4g}' if isinstance(v, float) else f'{k} {v}' for k, v in st.items()), flush=True)) if verbose else None

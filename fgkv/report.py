@@ -22,14 +22,14 @@ from .study import flatten, metrics_table, run_params
 import torch
 
 # %% auto #0
-__all__ = ['PAPER_RESULTS', 'PROTOCOL_NAMES', 'TABLE4_ROWS', 'LADDER_READOUTS', 'PAPER_ORDER', 'ABLATION_TABLES', 'PROTOCOL_KEYS',
-           'ANALYSIS_FIGURES', 'PaperResult', 'paper_results', 'paper_value', 'ReportError', 'read_metrics',
-           'StudyMetrics', 'metrics_files', 'read_study_metrics', 'variant_params', 'paper_backbone', 'floor_of',
-           'floor_runs', 'fmt', 'Citations', 'md_table', 'resolved_settings', 'memdpc_paper', 'labels_line', 'table4',
-           'retrieval_table', 'per_video_correct', 'ladder_table', 'paper_ordering', 'AblationTable', 'row_key',
-           'default_row', 'reference_run', 'ablation_table', 'ablation_tables', 'FigureSpec', 'study_figures',
-           'report_checklist', 'is_wall_clock', 'without_wall_clock', 'numbers_table', 'paper_results_table',
-           'write_report']
+__all__ = ['PAPER_RESULTS', 'PROTOCOL_NAMES', 'TABLE4_ROWS', 'PAPER_COLUMNS', 'LADDER_READOUTS', 'PAPER_ORDER', 'ABLATION_TABLES',
+           'PROTOCOL_KEYS', 'ANALYSIS_FIGURES', 'PaperResult', 'paper_results', 'paper_value', 'ReportError',
+           'read_metrics', 'StudyMetrics', 'metrics_files', 'read_study_metrics', 'in_domain', 'variant_params',
+           'paper_backbone', 'floor_of', 'floor_runs', 'fmt', 'Citations', 'md_table', 'resolved_settings',
+           'memdpc_paper', 'labels_line', 'our_datasets', 'table4', 'retrieval_table', 'per_video_correct',
+           'ladder_table', 'paper_ordering', 'AblationTable', 'row_key', 'default_row', 'reference_run',
+           'ablation_table', 'ablation_tables', 'FigureSpec', 'data_figures', 'study_figures', 'report_checklist',
+           'is_wall_clock', 'without_wall_clock', 'numbers_table', 'paper_results_table', 'write_report']
 
 # %% ../nbs/32_report.ipynb #77132a75
 @dataclass(frozen=True)
@@ -204,29 +204,36 @@ def read_metrics(path, nested:bool=False, # allow nested objects (flattened to '
 @dataclass
 class StudyMetrics:
     "Everything the report reads; None where a file is missing."
-    evaluate: dict[str, dict|None]                          # variant (and 'random', 'supervised') -> evaluate_<variant>.json
+    evaluate: dict[str, dict[str, dict|None]]    # downstream dataset -> run (variant, 'random', 'supervised') -> evaluate_<dataset>_<run>.json
     ablations: dict[str, dict|None] = field(default_factory=dict)  # ablation -> ablation_<key>.json
     pretrain: dict[str, dict|None] = field(default_factory=dict)   # variant -> pretrain_<variant>.json
-    prepare: dict|None = None                               # prepare.json
-    analysis: dict|None = None                              # analysis.json (flattened)
-    missing: list[str] = field(default_factory=list)        # files that were not there
+    prepare: dict[str, dict|None] = field(default_factory=dict)    # dataset -> prepare_<dataset>.json
+    analysis: dict|None = None                                     # analysis.json (flattened)
+    missing: list[str] = field(default_factory=list)               # files that were not there
 
-def metrics_files(params:Params, reports='reports') -> dict[str, Path]:
-    "Every metrics file the report reads: name -> path."
-    m = Path(reports)/'metrics'
-    files = {f'evaluate_{v}': m/f'evaluate_{v}.json' for v in [*params.study.variants, 'random', 'supervised']}
-    files |= {f'ablation_{a}': m/f'ablation_{a}.json' for a in params.study.ablations}
-    files |= {f'pretrain_{v}': m/f'pretrain_{v}.json' for v in params.study.variants}
-    return files | {'prepare': m/'prepare.json', 'analysis': m/'analysis.json'}
+def metrics_files(params:Params, reports='reports') -> dict[tuple, Path]:
+    "Every metrics file the report reads: (StudyMetrics field, key[, run]) -> path."
+    m, runs = Path(reports)/'metrics', [*params.study.variants, 'random', 'supervised']
+    return ({('evaluate', d, v): m/f'evaluate_{d}_{v}.json' for d in params.evaluate.datasets for v in runs}
+            | {('ablations', a): m/f'ablation_{a}.json' for a in params.study.ablations}
+            | {('pretrain', v): m/f'pretrain_{v}.json' for v in params.study.variants}
+            | {('prepare', d): m/f'prepare_{d}.json' for d in params.datasets}
+            | {('analysis',): m/'analysis.json'})
 
 def read_study_metrics(params:Params, reports='reports') -> StudyMetrics:
     "Read every metrics file of the study in `reports/metrics/` (missing ones are listed, malformed ones raise)."
     files = metrics_files(params, reports)
-    got = {k: read_metrics(p, nested=k in ('analysis', 'prepare') or k.startswith('pretrain_')) for k, p in files.items()}
-    pick = lambda prefix: {k[len(prefix):]: v for k, v in got.items() if k.startswith(prefix)}
-    return StudyMetrics(evaluate=pick('evaluate_'), ablations=pick('ablation_'), pretrain=pick('pretrain_'),
-                        prepare=got['prepare'], analysis=got['analysis'],
-                        missing=[str(files[k]) for k, v in got.items() if v is None])
+    got = {k: read_metrics(p, nested=k[0] in ('analysis', 'prepare', 'pretrain')) for k, p in files.items()}
+    sm = StudyMetrics(evaluate={d: {} for d in params.evaluate.datasets}, missing=[str(files[k]) for k, v in got.items() if v is None])
+    for (what, *keys), v in got.items():
+        if what == 'analysis': sm.analysis = v
+        elif what == 'evaluate': sm.evaluate[keys[0]][keys[1]] = v
+        else: getattr(sm, what)[keys[0]] = v
+    return sm
+
+def in_domain(params:Params, m:StudyMetrics) -> dict[str, dict|None]:
+    "The runs' metrics on the first downstream dataset (what the ablations are compared with)."
+    return m.evaluate.get(params.evaluate.datasets[0]) or {}
 
 # %% ../nbs/32_report.ipynb #edb66536
 def variant_params(params:Params, variant:str) -> Params:
@@ -319,6 +326,16 @@ def labels_line(params:Params) -> str:
     "Where our numbers come from."
     return f'ours: {params.study.dataset_label}; {params.study.scale_label}'
 
+PAPER_COLUMNS = {'ucf101': 'UCF101', 'hmdb51': 'HMDB51'}   # the layout of our dataset -> the papers' dataset it stands beside
+
+def our_datasets(params:Params) -> str:
+    "The downstream datasets of the study and the papers' columns they stand beside."
+    def one(d):
+        ds = params.datasets[d]
+        side = f", beside the papers' {PAPER_COLUMNS[ds.name]}" if ds.name in PAPER_COLUMNS else ''
+        return f"`{d}` ({ds.name} layout, split {ds.split}{side}{'; pre-training data' if d == params.dataset else ''})"
+    return 'our downstream datasets: ' + '; '.join(one(d) for d in params.evaluate.datasets)
+
 def table4(params:Params, m:StudyMetrics) -> str:
     "Table 4 (predictor comparison) with the random floor and MemDPC: our top-1 beside the papers'."
     bb = paper_backbone(params)
@@ -326,20 +343,21 @@ def table4(params:Params, m:StudyMetrics) -> str:
     cite = Citations()
     variants = ['random', *dict.fromkeys(['mlp', 'kvmem', 'fgkv', *params.study.variants])]
     protocols = ['linear', 'finetune']
-    if any('nonlinear/top1' in (v or {}) for v in m.evaluate.values()): protocols.insert(1, 'nonlinear')
-    header = ['Supervision', 'predictor', 'Finetune', 'ours top-1', 'paper UCF101', 'paper HMDB51',
+    if any('nonlinear/top1' in (v or {}) for runs in m.evaluate.values() for v in runs.values()): protocols.insert(1, 'nonlinear')
+    datasets = params.evaluate.datasets
+    header = ['Supervision', 'predictor', 'Finetune', *[f'ours {d}' for d in datasets], 'paper UCF101', 'paper HMDB51',
               *[f'paper {b} {d}' for b in others for d in ('UCF101', 'HMDB51')]]
     rows = []
     for p in protocols:
         for v in variants:
             sup, name = TABLE4_ROWS.get(v, ('—', v))
-            ours = (m.evaluate.get(v) or {}).get(f'{p}/top1')
-            rows.append([sup, name, '✓' if p == 'finetune' else f'✗ ({PROTOCOL_NAMES[p]})', fmt(ours),
+            ours = [fmt(((m.evaluate.get(d) or {}).get(v) or {}).get(f'{p}/top1')) for d in datasets]
+            rows.append([sup, name, '✓' if p == 'finetune' else f'✗ ({PROTOCOL_NAMES[p]})', *ours,
                          *[cite(_row_paper(params, v, b, p, d)) if b == bb or v in _TABLE4_PAPER_ROWS else '—'
                            for b in [bb, *others] for d in ('UCF101', 'HMDB51')]])
     caption = (f'**Table 4 · predictor comparison** (FGKVMemPred Table 4, plus the random floor and MemDPC). Top-1 accuracy (%), '
                f'test videos ({params.downstream.test_clips} clips x {params.downstream.test_crops} crops; the paper: 10 x 3). '
-               f'{labels_line(params)}. Paper: the {bb} rows of Table 4 '
+               f'{labels_line(params)}; {our_datasets(params)}. Paper: the {bb} rows of Table 4 '
                f'(UCF101 / HMDB51 split 1, 400 ep pre-training on UCF101, 16x112²) unless the note says otherwise.')
     return f'{caption}\n\n{md_table(header, rows)}\n\n{cite.notes()}'
 
@@ -349,23 +367,25 @@ def retrieval_table(params:Params, m:StudyMetrics, ks=(1, 5, 10, 20)) -> str:
     bb = paper_backbone(params)
     cite = Citations()
     variants = ['random', *dict.fromkeys(['mlp', 'kvmem', 'fgkv', *params.study.variants])]
-    extra = sorted({int(k[len('retrieval/R@'):]) for v in m.evaluate.values() for k in (v or {})
+    datasets = params.evaluate.datasets
+    extra = sorted({int(k[len('retrieval/R@'):]) for runs in m.evaluate.values() for v in runs.values() for k in (v or {})
                     if re.fullmatch(r'retrieval/R@\d+', k)} - set(ks))
-    header = ['method'] + [c for k in ks for c in (f'ours R@{k}', f'paper UCF101 R@{k}', f'paper HMDB51 R@{k}')] + [f'ours R@{k}' for k in extra]
+    header = (['method'] + [c for k in ks for c in (*[f'ours {d} R@{k}' for d in datasets], f'paper UCF101 R@{k}', f'paper HMDB51 R@{k}')]
+              + [f'ours {d} R@{k}' for k in extra for d in datasets])
     def paper(v, k, d, backbone=bb):
         if v == 'fgkv': return paper_value(table='retrieval', row='fgkv', backbone=backbone, dataset=f'{d} split 1', metric=f'R@{k}')
         if v == 'memdpc': return paper_value(table='memdpc_retrieval', row='rgb', dataset=d, metric=f'R@{k}')
         return None
     rows = []
     for v in variants:
-        ours = m.evaluate.get(v) or {}
-        rows.append([TABLE4_ROWS.get(v, ('', v))[1]] + [c for k in ks for c in (fmt(ours.get(f'retrieval/R@{k}')), cite(paper(v, k, 'UCF101')), cite(paper(v, k, 'HMDB51')))]
-                    + [fmt(ours.get(f'retrieval/R@{k}')) for k in extra])
+        ours = lambda d, k: fmt(((m.evaluate.get(d) or {}).get(v) or {}).get(f'retrieval/R@{k}'))
+        rows.append([TABLE4_ROWS.get(v, ('', v))[1]] + [c for k in ks for c in (*[ours(d, k) for d in datasets], cite(paper(v, k, 'UCF101')), cite(paper(v, k, 'HMDB51')))]
+                    + [ours(d, k) for k in extra for d in datasets])
     for other in (b for b in _RETRIEVAL if b != bb):
-        rows.append([f'FGKVMemPred, {other} (paper only)'] + [c for k in ks for c in ('—', cite(paper('fgkv', k, 'UCF101', other)), cite(paper('fgkv', k, 'HMDB51', other)))]
-                    + ['—'] * len(extra))
+        rows.append([f'FGKVMemPred, {other} (paper only)'] + [c for k in ks for c in (*['—'] * len(datasets), cite(paper('fgkv', k, 'UCF101', other)), cite(paper('fgkv', k, 'HMDB51', other)))]
+                    + ['—'] * (len(extra) * len(datasets)))
     caption = (f'**Retrieval (Tables 2 and 3)** · R@k (%): a test video counts as a hit when a training video of its class is among its k '
-               f'nearest neighbours (cosine similarity of the pooled backbone feature). {labels_line(params)}; retrieval queries: '
+               f'nearest neighbours (cosine similarity of the pooled backbone feature). {labels_line(params)}; {our_datasets(params)}; retrieval queries: '
                f'{params.evaluate.retrieval_queries}. Paper: FGKVMemPred Tables 2 (UCF101) and 3 (HMDB51), MemDPC Table 3.')
     return f'{caption}\n\n{md_table(header, rows)}\n\n{cite.notes()}'
 
@@ -394,9 +414,12 @@ def _ladder_cells(run, floor, readouts, seed):
         cells += [fmt(100 * a.mean().item()), f'{ci.estimate:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}]']
     return cells
 
-def ladder_table(params:Params, reports='reports', readouts=LADDER_READOUTS) -> str:
-    "Random floor(s), every pre-trained variant and the supervised ceiling, with top-1 and margins [95 % CI] per read-out."
-    ev, seed = Path(reports)/'evaluate', params.evaluate.seed
+def ladder_table(params:Params, reports='reports', readouts=LADDER_READOUTS,
+                 dataset:str|None=None, # a downstream dataset (key of `datasets`); None: the first of `evaluate.datasets`
+                ) -> str:
+    "Random floor(s), every pre-trained variant and the supervised ceiling on `dataset`, with top-1 and margins [95 % CI] per read-out."
+    dataset = dataset or params.evaluate.datasets[0]
+    ev, seed = Path(reports)/'evaluate'/dataset, params.evaluate.seed
     name = lambda v: TABLE4_ROWS.get(v, ('', v))[1]
     rows = [[f'random init (floor{f" of {name(f)}" if f else ""})', backbone_spec(variant_params(params, f))['name'],
              *_ladder_cells(ev/'random'/f, None, readouts, seed)] for f in floor_runs(params)]
@@ -404,22 +427,24 @@ def ladder_table(params:Params, reports='reports', readouts=LADDER_READOUTS) -> 
              for v in params.study.variants]
     rows.append(['supervised from scratch (ceiling)', backbone_spec(params)['name'], *_ladder_cells(ev/'supervised', ev/'random', readouts, seed)])
     n = next((len(c) for r in readouts for c in [per_video_correct(ev/'random'/r)] if c is not None), None)
-    s = params.synth
+    s = params.synth.get(dataset)
     header = ['run', 'backbone', *[c for r in readouts for c in (f'{PROTOCOL_NAMES[r]} top-1', 'margin over its floor [95 % CI]')]]
-    caption = (f'**The learning ladder** · top-1 accuracy (%) on {n or "—"} test videos and margins in points over the random '
+    caption = (f'**The learning ladder on `{dataset}`** · top-1 accuracy (%) on {n or "—"} test videos and margins in points over the random '
                f'initialisation of the same backbone, with 95 % paired-bootstrap intervals over the test videos. {labels_line(params)}. '
                f'k-NN: k = {params.evaluate.knn_k}, τ = {params.evaluate.knn_temperature}, cosine similarity of the pooled feature. '
-               f'Synthetic data (`synth` section, when the data are synthetic): class_look = {s.class_look} (the probability that an '
-               f"object carries its class's typical shape and hue), scenes = {s.scenes}, object_scale = {s.object_scale}, "
-               f'background_contrast = {s.background_contrast}, distractors = {s.distractors}.')
+               + ('' if s is None else
+                  f'Synthetic data (`synth.{dataset}`): class_look = {s.class_look} (the probability that an '
+                  f"object carries its class's typical shape and hue), scenes = {s.scenes}, object_scale = {s.object_scale}, "
+                  f'background_contrast = {s.background_contrast}, distractors = {s.distractors}, seed = {s.seed}.'))
     return f'{caption}\n\n{md_table(header, rows)}'
 
 # %% ../nbs/32_report.ipynb #eed1cedf
 PAPER_ORDER = ('fgkv', 'kvmem', 'mlp')   # FGKVMemPred Table 4: FGKVMemPred ≥ KVMemPred ≥ ρBYOL
 
-def paper_ordering(params:Params, reports='reports', readouts=LADDER_READOUTS) -> str:
-    "Whether the variants' top-1 follows FGKVMemPred ≥ KVMemPred ≥ ρBYOL, per read-out, with each difference's 95 % interval."
-    ev, seed = Path(reports)/'evaluate', params.evaluate.seed
+def paper_ordering(params:Params, reports='reports', readouts=LADDER_READOUTS, dataset:str|None=None) -> str:
+    "Whether the variants' top-1 on `dataset` (see `ladder_table`) follows FGKVMemPred ≥ KVMemPred ≥ ρBYOL, per read-out, with each difference's 95 % interval."
+    dataset = dataset or params.evaluate.datasets[0]
+    ev, seed = Path(reports)/'evaluate'/dataset, params.evaluate.seed
     name = lambda v: TABLE4_ROWS.get(v, ('', v))[1]
     order = [v for v in PAPER_ORDER if v in params.study.variants]
     if len(order) < 2: return f"The paper's ordering ({' ≥ '.join(map(name, PAPER_ORDER))}) needs at least two of these variants in `study.variants`."
@@ -434,7 +459,7 @@ def paper_ordering(params:Params, reports='reports', readouts=LADDER_READOUTS) -
                    'is not resolved (the intervals include zero)')
         diffs = '; '.join(f'{name(a)} − {name(b)} {ci.estimate:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}]' for a, b, ci in steps)
         lines.append(f'- {PROTOCOL_NAMES[r]}: {verdict} ({diffs} points)')
-    return (f"**The paper's ordering** ({' ≥ '.join(map(name, order))}, FGKVMemPred Table 4) on these runs, each "
+    return (f"**The paper's ordering** ({' ≥ '.join(map(name, order))}, FGKVMemPred Table 4) on `{dataset}`, each "
             f"difference with its 95 % paired-bootstrap interval:\n\n" + '\n'.join(lines))
 
 # %% ../nbs/32_report.ipynb #80dde36b
@@ -494,7 +519,7 @@ def ablation_table(params:Params, m:StudyMetrics, table:str) -> str:
     ours = []   # (row key, run label, metrics)
     ref = reference_run(params)
     if (d := default_row(params, table)) is not None:
-        ours.append((d, f'{ref} (default)', m.ablations.get(ref)) if ref else (d, 'fgkv (default)', m.evaluate.get('fgkv')))
+        ours.append((d, f'{ref} (default)', m.ablations.get(ref)) if ref else (d, 'fgkv (default)', in_domain(params, m).get('fgkv')))
     ours += [(row_key(a.row), name, m.ablations.get(name)) for name, a in params.study.ablations.items() if a.table == table]
     cite = Citations()
     lines = []
@@ -537,10 +562,15 @@ ANALYSIS_FIGURES = (
     FigureSpec('MemDPC memory', 'memdpc_memory.png', 'How MemDPC addresses its compressive memory: a t-SNE of the memory slots beside a t-SNE of each test video\'s addressing, coloured by class.', 'memdpc'),
 )
 
+def data_figures(params:Params) -> list[FigureSpec]:
+    "The figures of the prepare stages: two per dataset."
+    return [f for d in params.datasets for f in (
+            FigureSpec(f'Videos per class ({d})', f'prepare_{d}_class_counts.png', f'Train and test videos per class of `{d}`.', ''),
+            FigureSpec(f'Example videos ({d})', f'prepare_{d}_examples.png', f'First, middle and last frame of one training video per class of `{d}`.', ''))]
+
 def study_figures(params:Params) -> list[FigureSpec]:
     "Every figure the report embeds, in order."
-    return [FigureSpec('Videos per class', 'prepare_class_counts.png', f'Train and test videos per class of {params.study.dataset_label}.', ''),
-            FigureSpec('Example videos', 'prepare_examples.png', 'First, middle and last frame of one training video per class.', ''),
+    return [*data_figures(params),
             *[FigureSpec(f'Pre-training curves ({v})', f'pretrain_{v}.png', f'Logged pre-training curves of the `{v}` variant (by step).', '')
               for v in params.study.variants],
             *ANALYSIS_FIGURES]
@@ -608,7 +638,8 @@ def write_report(params:Params|str|Path, # a `Params`, or the params file
     commit = git_commit(repo)
     e, mdl = params.evaluate, to_dict(variant_params(params, 'fgkv').model)
     parts = ['# FGKVMemPred / MemDPC study report',
-             f'- **data (ours)**: {params.study.dataset_label} (`{params.dataset.name}` layout, split {params.dataset.split})\n'
+             f'- **data (ours)**: {params.study.dataset_label}; pre-trained on `{params.dataset}` ({params.data.name} layout, split {params.data.split}); '
+             f'{our_datasets(params)}\n'
              f'- **scale (ours)**: {params.study.scale_label}\n'
              f'- **model**: `{params.model.preset}` preset, backbone `{mdl["backbone"]}`, N = {mdl["num_slots"]}, K = {mdl["num_concepts"]}; '
              f'evaluation `{e.preset}` preset, protocols {", ".join(e.protocols)}\n'
@@ -617,15 +648,20 @@ def write_report(params:Params|str|Path, # a `Params`, or the params file
              'cell; a paper number is followed by `[n]`, and the note under the table says which paper, table or figure, dataset '
              'and scale it comes from. `—`: not measured (ours) or not reported (paper). All values are percentages.']
     parts.append('## Missing inputs\n\n' + ('\n'.join(f'- `{p}`' for p in missing) if missing else 'None: every metrics file and figure is present.'))
-    parts += ['## Data', numbers_table(m.prepare) if m.prepare else f'`{reports/"metrics/prepare.json"}` is missing.',
-              *[_figure_md(f, reports, out) for f in figs[:2]]]
+    data_figs = data_figures(params)
+    parts.append('## Data')
+    for d in params.datasets:
+        parts += [f'### `{d}`', numbers_table(m.prepare[d]) if m.prepare.get(d) else f'`{reports/f"metrics/prepare_{d}.json"}` is missing.',
+                  *[_figure_md(f, reports, out) for f in data_figs if f.file.startswith(f'prepare_{d}_')]]
     parts += ['## Pre-training',
               'Last logged values of each pre-training run (no timings).\n\n'
               + metrics_table({v: without_wall_clock(p) or {} for v, p in m.pretrain.items()}, digits=4),
-              *[_figure_md(f, reports, out) for f in figs[2:-len(ANALYSIS_FIGURES)]]]
+              *[_figure_md(f, reports, out) for f in figs[len(data_figs):-len(ANALYSIS_FIGURES)]]]
     parts += ['## Table 4: predictors', table4(params, m),
               '## Tables 2 and 3: retrieval', retrieval_table(params, m),
-              '## The learning ladder', ladder_table(params, reports), paper_ordering(params, reports)]
+              '## The learning ladder']
+    for d in params.evaluate.datasets:
+        parts += [ladder_table(params, reports, dataset=d), paper_ordering(params, reports, dataset=d)]
     abl = ablation_tables(params, m)
     parts += ['## Fig. 3: hyper-parameters', *[t for k, t in abl.items() if k.startswith('fig3_')],
               '## Appendix C: loss weights', *[t for k, t in abl.items() if k.startswith('appC_')]]

@@ -115,13 +115,15 @@ def metrics_table(columns:dict[str, dict], # column label -> metrics
 # %% ../nbs/31_study.ipynb #d0d0e319
 def evaluation_runs(params:Params, variant:str, # a key of study.variants, 'supervised' (the ceiling) or 'random' (the floors)
                     models, # the folder of the pre-training checkpoints (<models>/<variant>/checkpoint.pt)
+                    dataset:str|None=None, # the downstream dataset (a key of `datasets`); None: `params.dataset`
                    ) -> dict[str, tuple]:
-    "What the evaluation stage of `variant` runs: output sub-folder ('' for the stage's own folder) -> (checkpoint, overrides)."
+    "What the evaluation stage of `variant` on `dataset` runs: output sub-folder ('' for the stage's own folder) -> (checkpoint, overrides)."
+    on = [f'dataset={params.dataset if dataset is None else dataset}']
     if variant == 'random':   # the floors: one random backbone per architecture of the variants (MemDPC has its own)
         from fgkv.report import floor_runs   # imported here: fgkv.report builds on this module
-        return {sub: ('random', list(o)) for sub, o in floor_runs(params).items()}
-    if variant == 'supervised': return {'': (Path(models)/'supervised'/'checkpoint.pt', [])}
-    return {'': (Path(models)/variant/'checkpoint.pt', run_overrides(params, variant=variant))}
+        return {sub: ('random', [*o, *on]) for sub, o in floor_runs(params).items()}
+    if variant == 'supervised': return {'': (Path(models)/'supervised'/'checkpoint.pt', on)}
+    return {'': (Path(models)/variant/'checkpoint.pt', [*run_overrides(params, variant=variant), *on])}
 
 # %% ../nbs/31_study.ipynb #b844c601
 def run_metrics(out, # a folder `fgkv evaluate` or `fgkv supervise` wrote

@@ -19,9 +19,10 @@ from .core import atomic_open, sample_seed
 from .video import write_video
 
 # %% auto #0
-__all__ = ['MOTION_DESCRIPTIONS', 'MOTION_CLASSES', 'SYNTH_VERSION', 'SHAPES', 'FPS', 'CRF', 'GOP', 'group_style', 'clip_params',
-           'motion_path', 'shape_sdf', 'render_layers', 'composite', 'scene_bounds', 'render_clip', 'group_sizes',
-           'n_test_groups', 'dataset_plan', 'write_split_lists', 'synthesize_dataset']
+__all__ = ['MOTION_DESCRIPTIONS', 'MOTION_CLASSES', 'SYNTH_VERSION', 'SHAPES', 'SPLIT_FOLDERS', 'FPS', 'CRF', 'GOP',
+           'group_style', 'clip_params', 'motion_path', 'shape_sdf', 'render_layers', 'composite', 'scene_bounds',
+           'render_clip', 'group_sizes', 'n_test_groups', 'dataset_plan', 'write_split_lists', 'write_hmdb_split_files',
+           'synthesize_dataset']
 
 # %% ../nbs/03_synth.ipynb #f530e3e0
 MOTION_DESCRIPTIONS = {
@@ -302,6 +303,17 @@ def write_split_lists(root, # the `ucfTrainTestlist` folder
     _write_lines(root/'trainlist01.txt', [f"{e['path']} {e['label']}" for e in plan if e['split'] == 'train'])
     _write_lines(root/'testlist01.txt', [e['path'] for e in plan if e['split'] == 'test'])
 
+# %% ../nbs/03_synth.ipynb #cdadd677
+SPLIT_FOLDERS = {'ucf101': 'ucfTrainTestlist', 'hmdb51': 'testTrainMulti_7030_splits'} # each layout's split-file folder, named as the official downloads
+
+def write_hmdb_split_files(root, # the `testTrainMulti_7030_splits` folder
+                           plan:list[dict]):
+    "Write HMDB51's `<Class>_test_split1.txt` for `plan`: `<file> 1` for a training video, `<file> 2` for a test video."
+    root = Path(root)
+    for name in sorted({e['name'] for e in plan}):
+        _write_lines(root/f'{name}_test_split1.txt', [f"{Path(e['path']).name} {1 if e['split'] == 'train' else 2} "
+                                                       for e in plan if e['name'] == name])
+
 # %% ../nbs/03_synth.ipynb #1254f9df
 FPS, CRF, GOP = 25, 18, 8
 
@@ -343,7 +355,7 @@ def _metadata(plan, classes, per_class, frames, size, seed, scenes, look:dict) -
                          for e in plan if e['group'] == 1 and e['clip'] == 1])
 
 # %% ../nbs/03_synth.ipynb #8d2c4ef2
-def synthesize_dataset(out, # dataset folder: videos/ and ucfTrainTestlist/ are written inside
+def synthesize_dataset(out, # dataset folder: videos/ and the split-file folder (`SPLIT_FOLDERS`) are written inside
                        classes:int=8, # K: the first K of `MOTION_CLASSES` (1 to 12)
                        per_class:int=40, # videos per class, dealt into groups of about 5
                        frames:int=48, # frames per video
@@ -353,8 +365,10 @@ def synthesize_dataset(out, # dataset folder: videos/ and ucfTrainTestlist/ are 
                        scenes:int=1, # appearance segments per video (see `render_clip`)
                        class_look:float=0.0, # probability of a class-typical object look (see `clip_params`)
                        object_scale:float=1.0, background_contrast:float=1.0, distractors:bool=True, # see `render_layers`
+                       layout:str='ucf101', # 'ucf101' or 'hmdb51': the split files' format (the videos are the same)
                       ) -> dict:
-    "Write a motion-classification dataset in the UCF101 layout under `out`; returns a summary."
+    "Write a motion-classification dataset in the UCF101 (or HMDB51) layout under `out`; returns a summary."
+    if layout not in SPLIT_FOLDERS: raise ValueError(f'layout must be one of {list(SPLIT_FOLDERS)}, got {layout!r}')
     _check_args(classes, per_class, frames, size, seed, workers, scenes, class_look, object_scale, background_contrast)
     look = dict(class_look=class_look, object_scale=object_scale, background_contrast=background_contrast, distractors=distractors)
     out, plan = Path(out), dataset_plan(classes, per_class)
@@ -364,9 +378,10 @@ def synthesize_dataset(out, # dataset folder: videos/ and ucfTrainTestlist/ are 
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('fork')) as pool:
             nbytes = list(pool.map(_write_one, jobs, chunksize=4))
-    write_split_lists(out/'ucfTrainTestlist', plan)
-    with atomic_open(out/'synth.json') as f: json.dump(_metadata(plan, classes, per_class, frames, size, seed, scenes, look), f, indent=1)
-    files = [out/'ucfTrainTestlist'/n for n in ('classInd.txt', 'trainlist01.txt', 'testlist01.txt')] + [out/'synth.json']
+    (write_split_lists if layout == 'ucf101' else write_hmdb_split_files)(out/SPLIT_FOLDERS[layout], plan)
+    meta = _metadata(plan, classes, per_class, frames, size, seed, scenes, look) | dict(layout=layout)
+    with atomic_open(out/'synth.json') as f: json.dump(meta, f, indent=1)
+    files = sorted((out/SPLIT_FOLDERS[layout]).iterdir()) + [out/'synth.json']
     return dict(out=str(out), classes=classes, videos=len(plan), train=sum(e['split'] == 'train' for e in plan),
                 test=sum(e['split'] == 'test' for e in plan), video_bytes=sum(nbytes),
                 bytes=sum(nbytes) + sum(f.stat().st_size for f in files))

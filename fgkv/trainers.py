@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +25,13 @@ from .checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .config import Params, to_dict
 from .core import atomic_path, git_commit, seed_everything
 from .datasets import build_dataset
-from .models import build_learner, build_memdpc, cosine_momentum
+from .models import backbone_kwargs, build_learner, build_memdpc, cosine_momentum
 from .optim import build_optimizer, lr_at
 
 # %% auto #0
-__all__ = ['RESUME_FREE_KEYS', 'ModelSpec', 'build_pretrain_model', 'GlobalBatchSampler', 'rng_state', 'set_rng_state',
-           'MemoryMonitor', 'NonFiniteLossError', 'learning_rate', 'Pretrainer', 'pretrain']
+__all__ = ['RESUME_FREE_KEYS', 'PRETRAIN_SECTIONS', 'ModelSpec', 'build_pretrain_model', 'GlobalBatchSampler', 'rng_state',
+           'set_rng_state', 'MemoryMonitor', 'NonFiniteLossError', 'grad_scaler', 'backward_step', 'learning_rate',
+           'run_fingerprint', 'Pretrainer', 'pretrain']
 
 # %% ../nbs/18_trainers.ipynb #a88fb90e
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def build_pretrain_model(params:Params) -> tuple[nn.Module, ModelSpec]:
                         bidirectional=d.bidirectional, memory=d.memory, direction_reduction=d.direction_reduction)
         model, wd = build_memdpc(**settings), d.weight_decay
     else: model, settings, wd = build_learner(m), to_dict(m), m.weight_decay
-    kwargs = dict(width=settings['width']) | ({} if settings['layers'] is None else dict(layers=list(settings['layers'])))
+    kwargs = backbone_kwargs(params.memdpc if m.kind == 'memdpc' else m)
     plain = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     return model, ModelSpec(m.kind, dict(name=settings['backbone'], kwargs=kwargs), 'backbone.', plain, wd)
 
@@ -133,6 +136,25 @@ def _check_finite(out:dict, step:int, checkpoint:Path):
             raise NonFiniteLossError(f"step {step}: loss term '{name}' is {value.item()}; stopping. "
                                      f"The last good checkpoint is {checkpoint if checkpoint.exists() else '(none written yet)'}")
 
+def grad_scaler(precision:str, device:torch.device) -> torch.amp.GradScaler|None:
+    "The gradient scaler fp16 needs (its small gradients underflow without one); None for fp32 and bf16."
+    if precision != 'fp16': return None
+    if device.type != 'cuda':
+        raise ValueError(f"pretrain.precision: fp16 needs a CUDA GPU, this process runs on {device.type!r}: fp16 autocast on a CPU is "
+                         "not what the papers ran (the authors' code trains in fp32 on GPUs); use fp32 or bf16")
+    return torch.amp.GradScaler('cuda')
+
+def backward_step(loss:torch.Tensor, optimizer:torch.optim.Optimizer, scaler:torch.amp.GradScaler|None=None) -> bool:
+    "Backward and optimiser step, through `scaler` when given; False when the scaler skipped the step (overflow)."
+    if scaler is None:
+        loss.backward(); optimizer.step(); return True
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)   # LARS's trust ratio reads the gradients' norm: it needs the true gradients
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= scale   # the scale drops only after inf/NaN gradients
+
 def learning_rate(cfg, step:int, total:int, steps_per_epoch:int) -> float:
     "The learning rate of iteration `step` under `params.pretrain` (`cfg`)."
     if cfg.optimizer == 'adam':
@@ -140,10 +162,23 @@ def learning_rate(cfg, step:int, total:int, steps_per_epoch:int) -> float:
         return cfg.lr * (0.1 if drop else 1.0)
     return lr_at(step, total, cfg.lr, round(cfg.warmup_epochs * steps_per_epoch), cfg.warmup_start_lr, cfg.end_lr)
 
+# %% ../nbs/18_trainers.ipynb #cf114579
+def run_fingerprint(params:Params) -> dict[str, str]:
+    "SHA-256 digests of what a run was made with besides its params: the `fgkv` source and the prepared manifests it reads."
+    def digest(files):
+        h = hashlib.sha256()
+        for f in files: h.update(f.name.encode()); h.update(f.read_bytes())
+        return h.hexdigest()
+    prepared = params.prepared_dir
+    return {'fgkv code': digest(sorted(Path(dist.__file__).parent.glob('*.py'))),   # the installed package's modules
+            'prepared data': digest(sorted(p for p in prepared.iterdir() if p.is_file())) if prepared.is_dir() else 'absent'}
+
 # %% ../nbs/18_trainers.ipynb #15437ad5
 class Pretrainer:
     "Pre-trains the model `params` describes, on one process or under torchrun, writing into `out`."
-    def __init__(self, params:Params, out, resume:bool=False, progress:bool=True):
+    def __init__(self, params:Params, out,
+                 resume:bool|str=False, # True: continue from out/checkpoint.pt (same params or an error); 'if_unchanged': see `resume_or_restart`
+                 progress:bool=True):
         self.params, self.cfg, self.out, self.progress = params, params.pretrain, Path(out), progress
         self.info = dist.init_distributed()
         self.main = self.info.is_main
@@ -156,11 +191,16 @@ class Pretrainer:
         self.learner, self.spec = build_pretrain_model(params)
         self.learner.to(self.info.device)
         if self.cfg.channels_last: self.learner.to(memory_format=torch.channels_last_3d)
-        if self.info.world_size > 1: self.learner = dist.convert_sync_batchnorm(self.learner)
+        # MemDPC keeps BN per replica: the authors' nn.DataParallel normalises each GPU's 16 videos alone, the same videos its
+        # loss contrasts alone (`memdpc/main.py`); the BYOL family synchronises BN over all processes (FGKVMemPred's code)
+        if self.info.world_size > 1 and self.spec.kind != 'memdpc': self.learner = dist.convert_sync_batchnorm(self.learner)
         self.model = self._distribute(self.learner) if self.info.world_size > 1 else self.learner
-        self.optimizer = build_optimizer(self.cfg.optimizer, self.learner, lr=self.cfg.lr, weight_decay=self.spec.weight_decay)
+        self.optimizer = build_optimizer(self.cfg.optimizer, self.learner, lr=self.cfg.lr, weight_decay=self.spec.weight_decay,
+                                         nesterov=params.model.nesterov)
+        self.scaler = grad_scaler(self.cfg.precision, self.info.device)
         self.step, self.monitor = 0, MemoryMonitor()
-        if resume and self.ckpt_path.exists(): self._restore(load_checkpoint(self.ckpt_path))
+        self.fingerprint = run_fingerprint(params)
+        if resume and self.ckpt_path.exists(): self._resume(load_checkpoint(self.ckpt_path), restart_if_changed=resume == 'if_unchanged')
 
 # %% ../nbs/18_trainers.ipynb #9237bbde
 @patch
@@ -170,8 +210,7 @@ def _train_step(self:Pretrainer, clips:torch.Tensor) -> dict:
     with _autocast(self.cfg.precision, self.info.device): out = self.model(clips, diagnostics=True)
     _check_finite(out, self.step + 1, self.ckpt_path)
     self.optimizer.zero_grad(set_to_none=True)
-    out['loss'].backward()
-    self.optimizer.step()
+    backward_step(out['loss'], self.optimizer, self.scaler)
     momentum = cosine_momentum((self.step + 1) / self.total, self.cfg.ema_base)
     if self.spec.kind == 'byol': self.learner.update_target(momentum)
     self.step += 1
@@ -184,13 +223,24 @@ def _autocast(precision:str, device:torch.device):
 
 @patch
 def _distribute(self:Pretrainer, learner:nn.Module) -> nn.Module:
-    "DDP: gradients all-reduced across processes (batch-norm layers are already synchronised)."
+    "DDP: gradients all-reduced across processes; BN synchronised (BYOL family) or per replica with rank 0's buffers (MemDPC)."
     ids = [self.info.device.index] if self.info.device.type == 'cuda' else None
-    # buffers need no broadcast: synchronised BN keeps running statistics equal, the concept centre is all-reduced
-    return nn.parallel.DistributedDataParallel(learner, device_ids=ids, broadcast_buffers=False)
+    # BYOL family: buffers need no broadcast (synchronised BN keeps running statistics equal, the concept centre is all-reduced).
+    # MemDPC's per-replica BN would let each process's running statistics drift apart: rank 0's are broadcast before every
+    # forward, as DataParallel keeps the statistics of replica 0 (the one sharing the saved module's buffers)
+    return nn.parallel.DistributedDataParallel(learner, device_ids=ids, broadcast_buffers=self.spec.kind == 'memdpc')
 
 # %% ../nbs/18_trainers.ipynb #9a290316
 RESUME_FREE_KEYS = {'max_steps', 'workers', 'nproc', 'checkpoint_every', 'log_every'}
+PRETRAIN_SECTIONS = ('clips', 'augment', 'decode', 'model', 'memdpc', 'pretrain') # with the pre-training dataset's entry: what a run depends on
+
+def _run_values(config:dict) -> dict:
+    "The flat params values a pre-training run depends on, from a `to_dict(Params)` (or a checkpoint's `config`)."
+    values = {f'{s}.{k}': v for s in PRETRAIN_SECTIONS for k, v in (config.get(s) or {}).items()
+              if not (s == 'pretrain' and k in RESUME_FREE_KEYS)}
+    key = config.get('dataset')
+    entry = (config.get('datasets') or {}).get(key) if isinstance(key, str) else None
+    return values | {f'dataset.{k}': v for k, v in (entry or {'<format>': 'a checkpoint older than `datasets`'}).items()}
 
 @patch
 def _state(self:Pretrainer) -> dict:
@@ -201,7 +251,8 @@ def _state(self:Pretrainer) -> dict:
                 total_steps=self.total, backbone=self.spec.backbone, backbone_prefix=self.spec.backbone_prefix,
                 model_settings=self.spec.settings, model=model, target=target or None,
                 optimizer=self.optimizer.state_dict(), rng=rng_state(),
-                config=to_dict(self.params), git_commit=git_commit())
+                scaler=None if self.scaler is None else self.scaler.state_dict(),
+                config=to_dict(self.params), fingerprint=self.fingerprint, git_commit=git_commit())
 
 @patch
 def save(self:Pretrainer):
@@ -210,15 +261,39 @@ def save(self:Pretrainer):
     dist.barrier()
 
 @patch
+def _param_changes(self:Pretrainer, state:dict) -> list[str]:
+    "The params keys whose values differ from those the checkpoint `state` was trained with."
+    old, new = _run_values(state['config']), _run_values(to_dict(self.params))
+    return sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
+
+@patch
 def _restore(self:Pretrainer, state:dict):
-    old, new = state['config'], to_dict(self.params)
-    diff = sorted(f'{s}.{k}' for s in new for k in new[s] if not (s == 'pretrain' and k in RESUME_FREE_KEYS)
-                  and old.get(s, {}).get(k) != new[s][k])
+    diff = self._param_changes(state)
     if diff: raise ValueError(f'{self.ckpt_path}: cannot resume: the params differ from the checkpoint\'s in {", ".join(diff)}')
     self.learner.load_state_dict(state['model'] | {f'target.{k}': v for k, v in (state['target'] or {}).items()})
     self.optimizer.load_state_dict(state['optimizer'])
+    if self.scaler is not None and state.get('scaler'): self.scaler.load_state_dict(state['scaler'])
     set_rng_state(state['rng'])
     self.step = state['step']
+
+# %% ../nbs/18_trainers.ipynb #1742dc70
+@patch
+def _resume(self:Pretrainer, state:dict, restart_if_changed:bool=False):
+    "Continue from checkpoint `state`; with `restart_if_changed`, start afresh instead when it was made by another run."
+    changes = self._param_changes(state) + [k for k, v in self.fingerprint.items() if (state.get('fingerprint') or {}).get(k) != v]
+    if restart_if_changed and changes:
+        self._say(f'{self.ckpt_path}: starting afresh (step 0 of {self.total}): the checkpoint was made with other {", ".join(changes)}')
+        if self.main:   # its logs and throughput belong to the discarded run
+            self.ckpt_path.unlink(missing_ok=True); (self.out/'throughput.tsv').unlink(missing_ok=True)
+            shutil.rmtree(self.out/'live', ignore_errors=True)
+        dist.barrier()
+        return
+    self._restore(state)
+    self._say(f"{self.ckpt_path}: resuming at step {self.step} of {self.total}" + (' (finished)' if self.step >= self.total else ''))
+
+@patch
+def _say(self:Pretrainer, message:str):
+    if self.main: print(message, flush=True)
 
 # %% ../nbs/18_trainers.ipynb #6eea38e9
 class _Logger:

@@ -15,7 +15,8 @@ from torchvision.transforms.v2 import functional as TF
 
 # %% auto #0
 __all__ = ['sample_crop_box', 'JitterParams', 'sample_jitter', 'apply_jitter', 'normalise_clip', 'PretrainDraw',
-           'PretrainAugment', 'TrainDraw', 'TrainAugment', 'test_views', 'TestViews', 'RetrievalTransform']
+           'PretrainAugment', 'MemDPCDraw', 'MemDPCAugment', 'TrainDraw', 'TrainAugment', 'test_views', 'TestViews',
+           'RetrievalTransform']
 
 # %% ../nbs/05_transforms.ipynb #22773915
 def _as_clip(clip, # uint8 (T, H, W, 3) RGB, tensor or NumPy array
@@ -232,6 +233,87 @@ def __call__(self:PretrainAugment, clip, # uint8 (T, H, W, 3)
     h, w = _as_clip(clip).shape[-2:]
     return self.apply(clip, self.sample(h, w, generator))
 
+
+# %% ../nbs/05_transforms.ipynb #596ccf65
+@dataclass(frozen=True)
+class MemDPCDraw:
+    "The random choices of one `MemDPCAugment` call: crop and flip per clip, colour per frame."
+    box: tuple[int, int, int, int]              # crop (top, left, height, width) in source pixels
+    flip: bool
+    gray: tuple[int | None, ...]                # per frame: the channel copied to all three, or None
+    jitter: tuple[JitterParams | None, ...]     # per frame (the same draw repeated when not frame-wise)
+
+# %% ../nbs/05_transforms.ipynb #397ffe1c
+@dataclass(frozen=True)
+class MemDPCAugment:
+    "MemDPC's block-sequence augmentation (the authors' `memdpc/main.py`): `aug(clip, generator)` -> (3, T, S, S) float32."
+    crop_size: int = 128
+    crop_area: tuple[float, float] = (0.5, 1.0)
+    crop_aspect: tuple[float, float] = (3/4, 4/3)
+    jitter: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 0.25)
+    jitter_p: float = 1.0
+    grayscale_p: float = 0.25                   # channel split
+    flip_p: float = 0.5
+    frame_wise: bool = True                     # colour drawn per frame (pre-training) or per clip (downstream)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    antialias: bool = True
+
+    def __post_init__(self):
+        n = type(self).__name__
+        if not (isinstance(self.crop_size, int) and self.crop_size > 0): raise ValueError(f"{n}: crop_size must be a positive int, got {self.crop_size!r}")
+        _check_pair(n, 'crop_area', self.crop_area, 0, 1, lo_open=True)
+        _check_pair(n, 'crop_aspect', self.crop_aspect, 0, lo_open=True)
+        _check_jitter(n, 'jitter', self.jitter)
+        for k in ('jitter_p', 'grayscale_p', 'flip_p'): _check_prob(n, k, getattr(self, k))
+        _check_norm(n, self.mean, self.std)
+
+    @classmethod
+    def from_config(cls, params, # `fgkv.config.Params`: uses `memdpc.augment` and `memdpc.crop_size`
+                    downstream:bool=False, # the classifier's training clips: clip-wise jitter at `downstream_jitter_p`, no greyscale
+                   ) -> MemDPCAugment:
+        "The MemDPC augmentation described by `params.yaml`."
+        a = params.memdpc.augment
+        aug = cls(params.memdpc.crop_size, a.crop_area, a.crop_aspect, a.jitter, a.jitter_p, a.grayscale_p, a.flip_p, True, a.mean, a.std)
+        return replace(aug, frame_wise=False, jitter_p=a.downstream_jitter_p, grayscale_p=0.0) if downstream else aug
+
+# %% ../nbs/05_transforms.ipynb #6822cdde
+@patch
+def sample(self:MemDPCAugment, t:int, h:int, w:int, # frames and source frame size
+           generator:torch.Generator) -> MemDPCDraw:
+    "Draw the random choices for one clip of `t` frames of `h`×`w`."
+    _check_generator(generator)
+    box = sample_crop_box(h, w, self.crop_area, self.crop_aspect, generator)
+    flip = _bernoulli(generator, self.flip_p)
+    colour = lambda: (_randint(generator, 0, 2) if _bernoulli(generator, self.grayscale_p) else None,
+                      sample_jitter(self.jitter, generator) if _bernoulli(generator, self.jitter_p) else None)
+    draws = [colour() for _ in range(t)] if self.frame_wise else [colour()] * t
+    return MemDPCDraw(box, flip, tuple(d[0] for d in draws), tuple(d[1] for d in draws))
+
+@patch
+@torch.no_grad()
+def apply(self:MemDPCAugment, clip, # uint8 (T, H, W, 3)
+          draw:MemDPCDraw) -> torch.Tensor: # (3, T, S, S) float32
+    "Apply one draw: the crop and flip to every frame, each frame's own greyscale and jitter."
+    x = _as_clip(clip)
+    if len(draw.gray) != len(x): raise ValueError(f'MemDPCAugment.apply: the draw is for {len(draw.gray)} frames, the clip has {len(x)}')
+    s = self.crop_size
+    x = TF.resized_crop(x, *draw.box, [s, s], antialias=self.antialias)
+    x = x.to(torch.float32, memory_format=torch.contiguous_format).div_(255)
+    frames = []
+    for f, channel, jitter in zip(x, draw.gray, draw.jitter):   # grey before jitter, as the code's Compose
+        if channel is not None: f = f[channel].expand(3, -1, -1)
+        frames.append(f if jitter is None else apply_jitter(f[None], jitter)[0])   # one frame: contrast about its own mean
+    x = torch.stack(frames)
+    if draw.flip: x = x.flip(-1)
+    return normalise_clip(x, self.mean, self.std)
+
+@patch
+def __call__(self:MemDPCAugment, clip, # uint8 (T, H, W, 3)
+             generator:torch.Generator) -> torch.Tensor: # (3, T, S, S) float32
+    "Augment one clip with a fresh draw from `generator`."
+    x = _as_clip(clip)
+    return self.apply(clip, self.sample(len(x), *x.shape[-2:], generator))
 
 # %% ../nbs/05_transforms.ipynb #532ff98b
 @dataclass(frozen=True)

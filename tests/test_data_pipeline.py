@@ -17,14 +17,14 @@ def test_synth_prepare_dataset(tmp_path):
     from fgkv.config import load_params
     from fgkv.datasets import build_dataset
 
-    fgkv('synth', '--params', ROOT / 'params.yaml', '--out', tmp_path / 'raw', '--classes', 4, '--per-class', 5,
+    fgkv('synth', '--params', ROOT / 'params.yaml', '--out', tmp_path / 'raw', '--key', 'motion', '--classes', 4, '--per-class', 5,
          '--frames', 24, '--size', 32, '--workers', 2, cwd=tmp_path)
-    out = fgkv('prepare', '--params', ROOT / 'params.yaml', '--videos', tmp_path / 'raw/videos',
-               '--annotations', tmp_path / 'raw/ucfTrainTestlist', '--out', tmp_path / 'prepared', '--workers', 2, cwd=tmp_path)
+    out = fgkv('prepare', '--params', ROOT / 'params.yaml', '--videos', tmp_path / 'raw/motion/videos',
+               '--annotations', tmp_path / 'raw/motion/ucfTrainTestlist', '--out', tmp_path / 'prepared/motion', '--workers', 2, cwd=tmp_path)
     assert 'rejected: 0' in out, out
-    assert (tmp_path / 'prepared/classes.txt').read_text().count('\n') == 4
+    assert (tmp_path / 'prepared/motion/classes.txt').read_text().count('\n') == 4
 
-    params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={tmp_path}/prepared'])
+    params = load_params(ROOT / 'params.yaml', [f'prepared={tmp_path}/prepared'])
     pretrain = build_dataset(params, 'pretrain')
     assert len(pretrain) + len(build_dataset(params, 'test')) == 20
     loader = torch.utils.data.DataLoader(pretrain, batch_size=4, num_workers=2)

@@ -22,7 +22,7 @@ def run_all(prepared, ckpt):
     from fgkv.inference import evaluate_classifier, extract_features
     from fgkv.protocols import finetune, linear_probe, retrieval
     from fgkv.config import train_settings
-    params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={prepared}', *OVERRIDES])
+    params = load_params(ROOT / 'params.yaml', [f'prepared={prepared}', *OVERRIDES]   # the manifests are in <prepared>/motion)
     train, test = build_dataset(params, 'train'), build_dataset(params, 'test')
     query, gallery = build_dataset(params, 'retrieval'), build_dataset(params, 'retrieval', split='train')
     backbone, _ = load_backbone(ckpt, verbose=False)
@@ -42,7 +42,7 @@ def test_two_processes_match_one(tmp_path):
     from fgkv.prepare import prepare_dataset
     from fgkv.synth import synthesize_dataset
     synthesize_dataset(tmp_path / 'raw', classes=3, per_class=6, frames=20, size=32, seed=0)
-    prepare_dataset('ucf101', tmp_path / 'raw/videos', tmp_path / 'raw/ucfTrainTestlist', 1, tmp_path / 'prepared')
+    prepare_dataset('ucf101', tmp_path / 'raw/videos', tmp_path / 'raw/ucfTrainTestlist', 1, tmp_path / 'prepared/motion')
     make_checkpoint(tmp_path / 'ckpt.pt')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
            f'--master_port={free_port()}', __file__, tmp_path / 'prepared', tmp_path / 'ckpt.pt', tmp_path]

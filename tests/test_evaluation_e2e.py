@@ -37,12 +37,12 @@ def data(tmp_path_factory):
     from fgkv.synth import synthesize_dataset
     work = tmp_path_factory.mktemp('eval')
     synthesize_dataset(work / 'raw', classes=3, per_class=6, frames=20, size=32, seed=0)
-    prepare_dataset('ucf101', work / 'raw/videos', work / 'raw/ucfTrainTestlist', 1, work / 'prepared')
-    params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={work}/prepared', *OVERRIDES])
+    prepare_dataset('ucf101', work / 'raw/videos', work / 'raw/ucfTrainTestlist', 1, work / 'prepared/motion')
+    params = load_params(ROOT / 'params.yaml', [f'prepared={work}/prepared', *OVERRIDES])
     make_checkpoint(work / 'ckpt.pt')
     sets = {mode: build_dataset(params, mode) for mode in ('train', 'test', 'retrieval')}
     sets['gallery'] = build_dataset(params, 'retrieval', split='train')
-    classes = (work / 'prepared/classes.txt').read_text().split()
+    classes = (work / 'prepared/motion/classes.txt').read_text().split()
     return dict(work=work, params=params, ckpt=work / 'ckpt.pt', classes=classes, **sets)
 
 
@@ -142,7 +142,7 @@ def test_loads_a_trainer_checkpoint(data, kind, tmp_path):
     from fgkv.config import load_params
     from fgkv.checkpoints import load_backbone
     from fgkv.protocols import retrieval
-    params = load_params(ROOT / 'params.yaml', [f'dataset.prepared={data["work"]}/prepared', *OVERRIDES, 'pretrain.batch_size=4',
+    params = load_params(ROOT / 'params.yaml', [f'prepared={data["work"]}/prepared', *OVERRIDES, 'pretrain.batch_size=4',
                                                 'pretrain.workers=0', f'model.kind={kind}', 'model.width=0.125',
                                                 'memdpc.width=0.125', 'memdpc.crop_size=32', 'memdpc.block_frames=2', 'memdpc.blocks=5'])
     trainers.pretrain(params, tmp_path / 'run', max_steps=1, progress=False)
@@ -151,3 +151,24 @@ def test_loads_a_trainer_checkpoint(data, kind, tmp_path):
     assert not any(k.startswith('target.') for k in report.used)
     r = retrieval(backbone, data['retrieval'], data['gallery'], batch_size=9)
     assert r['num_queries'] == 9 and r['R@50'] == 100.0
+
+
+def test_memdpc_reads_out_its_context(data, tmp_path):
+    "A MemDPC checkpoint is read as MemDPC reads it: f + ConvGRUs over block sequences, BN → dropout → FC; `encoder` pools f alone."
+    from fgkv.config import load_params
+    from fgkv.protocols import run_evaluation
+    from fgkv.trainers import pretrain
+    over = [f'prepared={data["work"]}/prepared', *OVERRIDES, 'pretrain.batch_size=4', 'pretrain.workers=0', 'model.kind=memdpc',
+            'memdpc.width=0.125', 'memdpc.crop_size=32', 'memdpc.block_frames=2', 'memdpc.blocks=5', 'evaluate.workers=0',
+            'evaluate.linear.epochs=1', 'evaluate.linear.batch_size=4', 'evaluate.linear.warmup_epochs=0', 'evaluate.eval_batch_size=4',
+            'downstream.test_clips=2', 'downstream.retrieval_clips=2']
+    params = load_params(ROOT / 'params.yaml', over)
+    pretrain(params, tmp_path / 'run', max_steps=1, progress=False)
+    ckpt = tmp_path / 'run/checkpoint.pt'
+    context = run_evaluation(params, ckpt, tmp_path / 'context', protocols=['knn', 'linear', 'retrieval'], verbose=False)
+    encoder = run_evaluation(load_params(ROOT / 'params.yaml', over + ['evaluate.memdpc_readout=encoder']), ckpt, tmp_path / 'encoder',
+                             protocols=['knn'], verbose=False)
+    assert context['knn/num_train_videos'] == encoder['knn/num_train_videos'] == context['retrieval/num_gallery'] == 9
+    assert context['linear/num_videos'] == 9 and 0 <= context['linear/top1'] <= 100
+    scores = torch.load(tmp_path / 'context/linear/scores.pt', weights_only=True)['scores']
+    assert scores.shape == (9, 3) and torch.allclose(scores.sum(1), torch.ones(9))

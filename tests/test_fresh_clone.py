@@ -1,5 +1,6 @@
 "A fresh clone materialises the embedded data exactly as the README's study command does, and it matches data.dvc."
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,15 +32,17 @@ def test_fresh_clone_materialises_data_dvc(tmp_path):
     from fgkv.config import load_params
     from fgkv.synth import CRF, FPS, GOP, dataset_plan, render_clip
     from fgkv.video import write_video
-    s = load_params(clone / 'params.yaml').synth
-    plan = dataset_plan(s.classes, s.per_class)
-    sample = plan[::max(1, len(plan) // 40)]
-    for e in sample:
-        frames = render_clip(s.seed, e['cls'], e['group'], e['clip'], s.frames, s.size, s.scenes, s.class_look, s.object_scale,
-                             s.background_contrast, s.distractors)
-        written = write_video(tmp_path / 'sample' / e['path'], frames, fps=FPS, crf=CRF, gop=GOP).read_bytes()
-        assert written == (clone / 'data' / 'raw' / 'videos' / e['path']).read_bytes(), f'{e["path"]} differs from data.dvc'
-    assert len(sample) >= 40
+    sampled = 0
+    for key, s in load_params(clone / 'params.yaml').synth.items():
+        plan = dataset_plan(s.classes, s.per_class)
+        sample = plan[::max(1, len(plan) // 20)]
+        for e in sample:
+            frames = render_clip(s.seed, e['cls'], e['group'], e['clip'], s.frames, s.size, s.scenes, s.class_look, s.object_scale,
+                                 s.background_contrast, s.distractors)
+            written = write_video(tmp_path / 'sample' / key / e['path'], frames, fps=FPS, crf=CRF, gop=GOP).read_bytes()
+            assert written == (clone / 'data' / 'raw' / key / 'videos' / e['path']).read_bytes(), f'{key}/{e["path"]} differs from data.dvc'
+        sampled += len(sample)
+    assert sampled >= 40
 
 
 def test_materialise_refuses_unrecorded_data(tmp_path):
@@ -55,7 +58,7 @@ def test_materialise_refuses_unrecorded_data(tmp_path):
 def _record_small_dataset(clone:Path):
     "Re-record data.dvc in `clone` for a small synth section (seconds, not minutes, to regenerate), and drop every copy of it."
     params = clone / 'params.yaml'
-    params.write_text(params.read_text().replace('  per_class: 180', '  per_class: 4', 1))
+    params.write_text(re.sub(r'per_class: \d+', 'per_class: 4', params.read_text()))
     subprocess.run(['fgkv', 'synth', '--params', 'params.yaml', '--out', 'data/raw', '--workers', '2'],
                    cwd=clone, env=_env(), check=True, capture_output=True)
     subprocess.run(['dvc', 'commit', '--force', '--quiet', 'data.dvc'], cwd=clone, env=_env(), check=True, capture_output=True)
@@ -73,7 +76,7 @@ def test_materialise_falls_back_to_synth(tmp_path):
     # data that does not hash to the record (here: another seed, as another FFmpeg build would give) is refused, naming the fix
     recorded = (clone / 'data.dvc').read_text()
     params = clone / 'params.yaml'
-    params.write_text(params.read_text().replace('  seed: 0\n  scenes:', '  seed: 1\n  scenes:', 1))
+    params.write_text(params.read_text().replace('    seed: 0\n    scenes:', '    seed: 1\n    scenes:', 1))
     for folder in ('data/raw', '.dvc/cache'): shutil.rmtree(clone / folder)   # the cache would restore the record
     run = subprocess.run(['bash', 'scripts/materialise-data'], cwd=clone, env=_env(), capture_output=True, text=True)
     assert run.returncode == 1 and "data/raw does not match data.dvc: 'dvc pull'" in run.stdout, run.stdout + run.stderr

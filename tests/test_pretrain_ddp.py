@@ -27,7 +27,7 @@ def prepared(tmp_path_factory):
     from fgkv.synth import synthesize_dataset
     work = tmp_path_factory.mktemp('data')
     synthesize_dataset(work / 'raw', classes=4, per_class=8, frames=24, size=32, seed=0)
-    prepare_dataset('ucf101', work / 'raw/videos', work / 'raw/ucfTrainTestlist', 1, work / 'prepared')
+    prepare_dataset('ucf101', work / 'raw/videos', work / 'raw/ucfTrainTestlist', 1, work / 'prepared/motion')
     return work / 'prepared'
 
 
@@ -39,7 +39,7 @@ def _free_port():
 
 def _pretrain(out, prepared, nproc, extra=(), steps=3):
     args = ['pretrain', '--params', str(ROOT / 'params.yaml'), '--out', str(out), '--max-steps', str(steps), '--no-progress',
-            '--set', f'dataset.prepared={prepared}', *[a for s in TINY + list(extra) for a in ('--set', s)]]
+            '--set', f'prepared={prepared}', *[a for s in TINY + list(extra) for a in ('--set', s)]]
     env = dict(os.environ, OMP_NUM_THREADS='1')
     if nproc == 1: cmd = [sys.executable, '-m', 'fgkv.cli', *args]
     else: cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', '--master_addr=127.0.0.1',
@@ -60,3 +60,15 @@ def test_two_processes_equal_one(tmp_path, prepared, predictor):
                 for p in ('model', 'target') for k in one[p] if one[p][k].is_floating_point())
     assert worst < 1e-4, worst
     assert set(one['model']) == set(two['model'])       # the same keys: synchronised BN is swapped back on save
+
+
+MEMDPC = ['model.kind=memdpc', 'memdpc.width=0.125', 'memdpc.blocks=4', 'memdpc.block_frames=2', 'memdpc.pred_steps=1',
+          'memdpc.crop_size=32', 'memdpc.num_slots=16', 'pretrain.optimizer=adam', 'pretrain.lr=0.001', 'pretrain.warmup_epochs=0']
+
+
+def test_memdpc_keeps_batchnorm_per_replica(tmp_path, prepared):
+    "MemDPC under DDP: plain BN per process (the authors' DataParallel), the checkpoint holds rank 0's running statistics."
+    two = _pretrain(tmp_path / 'two', prepared, 2, MEMDPC, steps=2)
+    assert two['step'] == 2 and two['kind'] == 'memdpc'
+    stats = [v for k, v in two['model'].items() if k.endswith('running_var')]
+    assert stats and all(torch.isfinite(v).all() and (v != 1).any() for v in stats)   # updated: BN ran in training mode

@@ -40,8 +40,8 @@ def test_every_stage_runs_a_study_notebook_with_papermill():
 def micro_params() -> dict:
     "The project's params.yaml shrunk until every stage takes seconds (same keys, same variants and ablations)."
     p = yaml.safe_load((ROOT / 'params.yaml').read_text())
-    p['synth'].update(classes=3, per_class=6, frames=16, size=32, scenes=2)
-    p['dataset']['min_frames'] = 8
+    for synth in p['synth'].values(): synth.update(classes=3, per_class=6, frames=16, size=32, scenes=2)
+    for dataset in p['datasets'].values(): dataset['min_frames'] = 8
     p['decode']['cache_in_memory'] = True
     p['clips'].update(frames=4, stride=2, crop_size=32)
     p['downstream'].update(short_side=[32, 40], test_short_side=32, test_clips=2, test_crops=1, retrieval_clips=2)
@@ -51,7 +51,7 @@ def micro_params() -> dict:
     p['pretrain'].update(epochs=1, batch_size=4, workers=0, checkpoint_every=1, log_every=1, max_steps=2)
     p['evaluate'].update(workers=0, eval_batch_size=4, efficiency_fractions=[0.5, 1.0])
     for proto in ('linear', 'nonlinear', 'finetune', 'supervised'):
-        p['evaluate'][proto].update(epochs=1, batch_size=4)
+        p['evaluate'][proto].update(epochs=1, batch_size=4, warmup_epochs=0)   # the official presets warm up for 5 epochs
     for name, ablation in p['study']['ablations'].items():
         ablation['overrides'] = [o.replace('=128', '=8') for o in ablation['overrides']]
     return p
@@ -79,19 +79,15 @@ def test_dvc_repro_micro_profile(tmp_path):
     run([str(bin_ / 'dvc'), 'init', '--no-scm', '-q'], work, env)
     run([str(bin_ / 'dvc'), 'repro', '--quiet'], work, env)
 
-    stages = yaml.safe_load((work / 'dvc.yaml').read_text())['stages']
     params = load_params(work / 'params.yaml')
-    keys = {'pretrain': list(params.study.variants), 'evaluate': list(params.study.variants),
-            'ablation': list(params.study.ablations)}
-    declared = []
-    for name, stage in stages.items():
-        body = stage.get('do', stage)
-        for key in keys.get(name, [None]) if 'foreach' in stage else [None]:
-            for kind in ('metrics', 'plots'):
-                for entry in body.get(kind, []):
-                    path = next(iter(entry)) if isinstance(entry, dict) else entry
-                    declared.append((kind, path.replace('${key}', key) if key else path))
-    assert len([d for d in declared if d[0] == 'metrics']) >= 1 + 2 * len(keys['pretrain']) + 1 + len(keys['ablation']) + 1
+    from dvc.repo import Repo
+    with Repo(str(work)) as repo:   # every metrics and plots file of every (foreach / matrix) stage, as DVC resolves them
+        declared = [('metrics' if out.metric else 'plots', out.def_path) for stage in repo.index.stages for out in stage.outs
+                    if out.metric or out.plot]
+    variants, datasets, downstream = len(params.study.variants), len(params.datasets), len(params.evaluate.datasets)
+    # prepare per dataset, pretrain and evaluate per variant (on each downstream dataset), the ceiling, the floors, ablations, analysis
+    test_metrics = datasets + variants + variants * downstream + 1 + 2 * downstream + len(params.study.ablations) + 1
+    assert len([d for d in declared if d[0] == 'metrics']) == test_metrics, declared
     for kind, path in declared:
         assert (work / path).is_file(), f'{kind} file {path} was not produced'
         if kind == 'metrics':
