@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
+import json
 import math
 import random
 import shutil
@@ -302,7 +304,7 @@ class _Logger:
         if not main: return
         from dvclive import Live
         out.mkdir(parents=True, exist_ok=True)
-        _truncate_logs(out/'live', step)
+        _repair_logs(out/'live', step)
         self.live = Live(str(out/'live'), resume=step > 0, save_dvc_exp=False, dvcyaml=None)
         self.perf = open(out/'throughput.tsv', 'a')
         if step == 0 or self.perf.tell() == 0: self.perf.write('step\tclips_per_s\n')
@@ -332,14 +334,26 @@ class _Logger:
         if self.bar is not None: self.bar.close()
         self.live.end()
 
-def _truncate_logs(live:Path, step:int):
-    "Drop logged points after `step` (they belong to steps a resumed run will redo)."
+def _repair_logs(live:Path, step:int):
+    "Drop logged points after `step` (a resumed run redoes those steps) and what a killed run left half-written."
+    summary = live/'metrics.json'   # dvclive rewrites it in place: a kill can leave it empty or cut
+    if summary.exists():
+        try: json.loads(summary.read_text())
+        except ValueError: summary.unlink()   # the next logged step writes it again
     for tsv in live.glob('plots/metrics/**/*.tsv'):
-        rows = list(csv.DictReader(open(tsv), delimiter='\t'))
-        keep = [r for r in rows if int(r['step']) <= step]
+        text = tsv.read_text()
+        reader = csv.DictReader(io.StringIO(text), delimiter='\t')
+        rows = list(reader)
+        whole = rows if text.endswith('\n') else rows[:-1]   # an unterminated last row was cut (and would swallow the next)
+        keep = [r for r in whole if _complete(r) and int(r['step']) <= step]
         if len(keep) < len(rows):
             with atomic_path(tsv) as tmp, open(tmp, 'w', newline='') as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter='\t'); w.writeheader(); w.writerows(keep)
+                w = csv.DictWriter(f, fieldnames=reader.fieldnames, delimiter='\t', lineterminator='\n'); w.writeheader(); w.writerows(keep)
+
+def _complete(row:dict) -> bool:
+    "A logged row with every field present and numeric (a row cut by a kill is not)."
+    try: return None not in row and int(row['step']) >= 0 and all(v is not None and math.isfinite(float(v)) or v == 'nan' for v in row.values())
+    except (TypeError, ValueError): return False
 
 # %% ../nbs/18_trainers.ipynb #03d73e65
 @patch

@@ -22,7 +22,7 @@ def run_all(prepared, ckpt):
     from fgkv.inference import evaluate_classifier, extract_features
     from fgkv.protocols import finetune, linear_probe, retrieval
     from fgkv.config import train_settings
-    params = load_params(ROOT / 'params.yaml', [f'prepared={prepared}', *OVERRIDES]   # the manifests are in <prepared>/motion)
+    params = load_params(ROOT / 'params.yaml', [f'prepared={prepared}', *OVERRIDES])   # the manifests are in <prepared>/motion
     train, test = build_dataset(params, 'train'), build_dataset(params, 'test')
     query, gallery = build_dataset(params, 'retrieval'), build_dataset(params, 'retrieval', split='train')
     backbone, _ = load_backbone(ckpt, verbose=False)
