@@ -179,7 +179,7 @@ def run_fingerprint(params:Params) -> dict[str, str]:
 class Pretrainer:
     "Pre-trains the model `params` describes, on one process or under torchrun, writing into `out`."
     def __init__(self, params:Params, out,
-                 resume:bool|str=False, # True: continue from out/checkpoint.pt (same params or an error); 'if_unchanged': see `resume_or_restart`
+                 resume:bool|str=False, # True: continue from out/checkpoint.pt (same params or an error); 'if_unchanged': see `Pretrainer._resume`
                  progress:bool=True):
         self.params, self.cfg, self.out, self.progress = params, params.pretrain, Path(out), progress
         self.info = dist.init_distributed()
