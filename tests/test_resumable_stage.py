@@ -25,7 +25,7 @@ def _project(work:Path) -> dict:
     shutil.copytree(ROOT / 'nbs/study', work / 'nbs/study')
     os.symlink(ROOT / 'fgkv', work / 'fgkv')
     p = micro_params()
-    p['pretrain'].update(epochs=12, max_steps=None, checkpoint_every=1, log_every=1)
+    p['pretrain'].update(epochs=50, max_steps=None, checkpoint_every=1, log_every=1)   # ~100 steps: seconds, but a window to kill in
     (work / 'params.yaml').write_text(yaml.safe_dump(p, sort_keys=False))
     env = dict(os.environ, MPLBACKEND='Agg', PATH=f'{BIN}{os.pathsep}{os.environ["PATH"]}')
     run([str(BIN / 'fgkv'), 'synth', '--params', 'params.yaml', '--out', 'data/raw', '--key', p['dataset'], '--workers', '2'], work, env)
